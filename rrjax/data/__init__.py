@@ -1,0 +1,1 @@
+"""Data: sources, deterministic views and multi-host loaders (SPEC §4, §6)."""
