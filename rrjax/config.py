@@ -1,0 +1,136 @@
+"""The configuration surface every experiment config builds on, and its validation.
+
+`configs/*.py` start from `base_config()` and change what their experiment needs. Fields
+are locked, so a misspelt `--config.x=y` override is rejected by name by ml_collections.
+`check_config` validates values cheaply, before any data is read or anything compiled.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from rrjax import losses, operators
+
+STAGES = ("cache", "student", "probe", "baseline", "eval")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """SPEC §5 defaults: CLIP teacher, ResNet-101 student, 90% mask, the paper's optimiser."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ("cache", "student", "probe", "eval")
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"            # "tfds" | "folder" | "records"
+  c.data.name = "imagenet2012"      # tfds name; also names folder/record data sets
+  c.data.root = ""                  # image folder / record dir / tfds data_dir
+  c.data.wnids = "imagenet100"      # restrict imagenet2012 to a class list, or ""
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = 224
+  c.data.resize_size = 256
+  c.data.crop_scale = (0.08, 1.0)
+  c.data.crop_ratio = (3 / 4, 4 / 3)
+  c.data.view_mode = "crop"         # "crop" (ImageNet-style) | "resize" (CIFAR/STL)
+  c.data.skip_corrupt = False
+  c.data.num_workers = 8
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.kind = "hf_clip"        # "hf_clip" | "python"
+  c.teacher.name = "openai/clip-vit-base-patch32"
+  c.teacher.factory = ""            # "package.module:function" when kind == "python"
+  c.teacher.mode = "cached"         # "cached" | "online"
+  c.teacher.dtype = "float32"
+  c.teacher.from_pt = False
+
+  c.cache = ml_collections.ConfigDict()
+  c.cache.path = ""                 # default: WORKDIR/teacher_cache
+  c.cache.num_views = 25            # training views per image (one per epoch by default)
+  c.cache.dtype = "float16"
+  c.cache.batch_size = 256
+
+  c.student = ml_collections.ConfigDict()
+  c.student.model = "resnet101"     # resnet18|34|50|101|152 | clip_vit
+  c.student.init = "random"         # "random" | "imagenet:<hub id or dir>" | "teacher"
+  c.student.dtype = "float32"       # compute dtype; parameters stay float32
+
+  c.operator = ml_collections.ConfigDict({"kind": "mask", "p": 0.9})
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kind = "student_teacher"
+  c.loss.temperature = 0.1
+
+  c.batch_size = 256                # global, over all devices and hosts
+  c.num_epochs = 25
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-4
+  c.optimizer.weight_decay = 1e-4   # decoupled (AdamW)
+  c.optimizer.warmup_steps = 0
+  c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+  c.optimizer.loss_scale = 0.0      # float16 only: initial dynamic loss scale (0: off)
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.features = "student"      # "student" | "teacher" | "clean_teacher"
+  c.probe.label_fraction = 1.0
+  c.probe.batch_size = 128
+  c.probe.num_epochs = 10
+  c.probe.learning_rate = 1e-3
+
+  c.baseline = ml_collections.ConfigDict()
+  c.baseline.model = "resnet101"
+  c.baseline.init = "imagenet:microsoft/resnet-101"
+  c.baseline.dtype = "float32"
+  c.baseline.batch_size = 64
+  c.baseline.num_epochs = 25
+  c.baseline.learning_rate = 1e-3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.repeats = 10               # independent corruption draws
+  c.eval.levels = ()                # severities of config.operator to test; () = trained one
+  c.eval.batch_size = 256
+  c.eval.zero_shot = True           # needs a teacher with text embeddings
+  c.eval.agreement = True           # student-teacher cosine and retrieval@1
+
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.log_every_steps = 50
+  return c
+
+
+def get_field(config: ml_collections.ConfigDict, dotted: str):
+  """`get_field(c, "probe.batch_size")` is `c.probe.batch_size`."""
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the field for impossible values; reads no data."""
+  unknown = [s for s in config.stages if s not in STAGES]
+  if unknown:
+    raise ValueError(f"stages={tuple(config.stages)} has unknown stage(s) {unknown}; "
+                     f"allowed: {', '.join(STAGES)}.")
+  operators.build(config.operator)  # Raises ValueError naming the bad operator field.
+  losses.check_loss_config(config.loss.kind, config.loss.temperature)
+  for field in ("batch_size", "probe.batch_size", "baseline.batch_size", "eval.batch_size",
+                "cache.batch_size"):
+    value = get_field(config, field)
+    if value <= 0 or value % num_devices:
+      raise ValueError(f"{field}={value} must be a positive multiple of the number of "
+                       f"devices ({num_devices}); set --config.{field} to a multiple of "
+                       f"{num_devices}.")
+  for field in ("num_epochs", "probe.num_epochs", "baseline.num_epochs", "eval.repeats",
+                "cache.num_views"):
+    value = get_field(config, field)
+    if value < 1:
+      raise ValueError(f"{field}={value} must be at least 1.")
+  if not 0 < config.probe.label_fraction <= 1:
+    raise ValueError(f"probe.label_fraction={config.probe.label_fraction} must be in (0, 1].")
+  if config.teacher.mode not in ("cached", "online"):
+    raise ValueError(f"teacher.mode={config.teacher.mode!r}; allowed: 'cached', 'online'.")
+  if config.data.source in ("folder", "records") and not os.path.isdir(config.data.root):
+    raise ValueError(f"data.root={config.data.root!r} is not a directory; point "
+                     "--config.data.root at the data set (data.source="
+                     f"{config.data.source!r}).")
