@@ -1,0 +1,117 @@
+"""Evaluation protocol: each image is decoded once, its R corruptions are drawn on device.
+
+The corruption of example `id` in repeat `r` uses the key `fold_in(fold_in(key, r), id)`,
+so results do not depend on batch size, device count or host count. Metrics are reported
+as mean, standard deviation and standard error over the R repeats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rrjax import sharding
+
+# Which field of an operator spec is its severity, for `config.eval.levels`.
+LEVEL_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma", "block_mask": "size",
+                "downsample": "factor"}
+
+
+def with_level(spec: dict, level) -> dict:
+  """The operator `spec` at another severity (`{"kind": "mask", "p": .9}`, .99 -> p=.99)."""
+  spec = dict(spec)
+  if spec["kind"] not in LEVEL_FIELDS:
+    raise ValueError(f"eval.levels: operator kind {spec['kind']!r} has no severity field; "
+                     f"levels work for {', '.join(LEVEL_FIELDS)}.")
+  spec[LEVEL_FIELDS[spec["kind"]]] = level
+  return spec
+
+
+def per_example_operator(operator) -> Callable:
+  """`op(keys [B], images)` applying `operator` to each image with its own key."""
+  return jax.vmap(lambda key, image: operator(key, image[None])[0])
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+  """Mean, standard deviation (ddof=1) and standard error over repeats."""
+  values = np.asarray(values, np.float64)
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return {"mean": float(np.mean(values)), "std": std, "sem": std / math.sqrt(len(values))}
+
+
+def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney U with ties counted one half)."""
+  positives, negatives = scores[labels == 1], scores[labels == 0]
+  if not len(positives) or not len(negatives):
+    raise ValueError("AUC needs both classes among the evaluation labels.")
+  greater = (positives[:, None] > negatives[None, :]).sum()
+  ties = (positives[:, None] == negatives[None, :]).sum()
+  return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, dict]:
+  """top-1 (and top-5 with 5+ classes, AUC with 2) in percent / AUC, over repeats.
+
+  Args:
+    logits: `[R, N, C]` class scores for R corruption draws of N examples.
+    labels: `[N]` integer labels.
+  """
+  ranks = np.argsort(-logits, axis=-1)
+  metrics = {"top1": summarize(100 * np.mean(ranks[..., 0] == labels, axis=1))}
+  if logits.shape[-1] >= 5:
+    metrics["top5"] = summarize(100 * np.mean(np.any(ranks[..., :5] == labels[:, None], -1), 1))
+  if logits.shape[-1] == 2:
+    metrics["auc"] = summarize([binary_auc(r[:, 1] - r[:, 0], labels) for r in logits])
+  return metrics
+
+
+def agreement_metrics(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+  """Mean cosine between S(A(x_i)) and R(x_i), and retrieval@1: how often R(x_i) is the
+  teacher embedding nearest to S(A(x_i)) among all held-out examples."""
+  s = student / np.linalg.norm(student, axis=1, keepdims=True)
+  t = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+  nearest = np.concatenate([np.argmax(s[i:i + 1024] @ t.T, axis=1)
+                            for i in range(0, len(s), 1024)])
+  return {"cosine": float(np.mean(np.sum(s * t, axis=1))),
+          "retrieval_at_1": float(np.mean(nearest == np.arange(len(s))))}
+
+
+def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, mesh,
+                    key: jax.Array, repeats: int, operator) -> dict[str, np.ndarray]:
+  """Runs `output_fn(variables, corrupted_images01, batch)` on R corruption draws of every
+  example and returns {"outputs": [R, N, K], "label": [N], "id": [N]}, sorted by id.
+
+  `batches` are host-local shares of padded global batches with a boolean "valid" mask
+  (`rrjax.data.pipeline.eval_batches`); padding rows are dropped here.
+  """
+  corrupt = per_example_operator(operator)
+  replicated = sharding.replicated(mesh)
+
+  def repeated(variables, batch, key):
+    images = batch["image"].astype(jnp.float32) / 255.0
+
+    def one_draw(r):
+      keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, r), i))(batch["id"])
+      return output_fn(variables, corrupt(keys, images), batch).astype(jnp.float32)
+
+    return {"outputs": jax.lax.map(one_draw, jnp.arange(repeats)),
+            **{k: batch[k] for k in ("label", "id", "valid")}}
+
+  run = jax.jit(repeated, out_shardings=replicated)
+  variables = jax.device_put(variables, replicated)
+  key = jax.device_put(key, replicated)
+  outputs, labels, ids = [], [], []
+  for batch in batches:
+    result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key))
+    valid = np.asarray(result["valid"], bool)
+    outputs.append(result["outputs"][:, valid])
+    labels.append(result["label"][valid])
+    ids.append(result["id"][valid])
+  ids = np.concatenate(ids)
+  order = np.argsort(ids, kind="stable")
+  return {"outputs": np.concatenate(outputs, axis=1)[:, order],
+          "label": np.concatenate(labels)[order], "id": ids[order]}

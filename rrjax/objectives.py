@@ -1,0 +1,121 @@
+"""What each stage trains, as loss functions for `rrjax.train.train_step`, and the frozen
+feature extractors that linear probes and evaluations read.
+
+Batches hold clean uint8 crops (`"image"`), labels, example ids and view indices, and
+for a cached teacher the teacher's embedding of the same crop (`"target"`). The
+corruption is applied here, on device, inside the jitted step, with the step's key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from rrjax import losses
+
+FeatureFn = Callable[[object, dict, jax.Array], jax.Array]
+
+
+def to_unit_range(images_uint8: jax.Array) -> jax.Array:
+  return images_uint8.astype(jnp.float32) / 255.0
+
+
+def to_uint8(images01: jax.Array) -> jax.Array:
+  """What a saved corrupted image would hold: clipped and rounded to 8 bits. Teachers take
+  uint8 images, so corrupted inputs reach them through this."""
+  return jnp.round(jnp.clip(images01, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def apply_model(model: nn.Module, variables, images01, *, train: bool):
+  """`(outputs, aux, new_model_state)`; the state is {} for models without one."""
+  mutable = [c for c in variables if c != "params"] if train else False
+  result = model.apply(variables, images01, train=train, mutable=mutable)
+  if mutable:
+    (outputs, aux), new_state = result
+  else:
+    (outputs, aux), new_state = result, {c: v for c, v in variables.items() if c != "params"}
+  return outputs, aux, new_state
+
+
+def student_loss(model: nn.Module, operator, *, kind: str, temperature: float,
+                 online_teacher: Callable | None = None):
+  """SPEC §2 loss of S(A(x)) against R(x). Teacher targets come from the batch (cache) or,
+  with `online_teacher(params, images_uint8)`, from the teacher run in the step on the
+  clean crop (`frozen` then holds the teacher's parameters)."""
+
+  def loss_fn(params, model_state, batch, key, frozen):
+    corrupted = operator(key, to_unit_range(batch["image"]))
+    targets = batch["target"] if online_teacher is None else online_teacher(frozen, batch["image"])
+    embeddings, _, new_state = apply_model(model, {"params": params, **model_state},
+                                           corrupted, train=True)
+    loss = losses.contrastive_loss(embeddings, targets, kind=kind, temperature=temperature)
+    cosine = jnp.mean(jnp.sum(losses.l2_normalize(embeddings) * losses.l2_normalize(targets), -1))
+    return loss, (new_state, {"cosine": cosine})
+
+  return loss_fn
+
+
+def student_features(model: nn.Module, operator) -> FeatureFn:
+  """Frozen student embeddings S(A(x)) (BatchNorm in inference mode)."""
+
+  def features(variables, batch, key):
+    corrupted = operator(key, to_unit_range(batch["image"]))
+    return apply_model(model, variables, corrupted, train=False)[0]
+
+  return features
+
+
+def teacher_features(teacher_apply: Callable, operator) -> FeatureFn:
+  """The teacher's embeddings of corrupted images, R(A(x)) (SPEC E11)."""
+
+  def features(params, batch, key):
+    return teacher_apply(params, to_uint8(operator(key, to_unit_range(batch["image"]))))
+
+  return features
+
+
+def cached_clean_teacher_features(variables, batch, key) -> jax.Array:
+  """The teacher's embedding of the clean crop, looked up in the cache (SPEC E8)."""
+  del variables, key
+  return batch["target"]
+
+
+def linear_head(num_classes: int) -> nn.Module:
+  return nn.Dense(num_classes, name="head")
+
+
+def probe_logits(head_params, features: jax.Array, num_classes: int) -> jax.Array:
+  """A linear classifier on L2-normalised features: the contrastive loss constrains only
+  directions, so normalising makes a probe transfer between teacher and student (E8)."""
+  return linear_head(num_classes).apply({"params": head_params},
+                                        losses.l2_normalize(features))
+
+
+def probe_loss(features_fn: FeatureFn, num_classes: int):
+  """Cross-entropy of a linear probe on frozen features (`frozen` = extractor's variables)."""
+
+  def loss_fn(params, model_state, batch, key, frozen):
+    features = jax.lax.stop_gradient(features_fn(frozen, batch, key))
+    logits = probe_logits(params, features, num_classes)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, (model_state, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])})
+
+  return loss_fn
+
+
+def classifier_loss(model: nn.Module, operator):
+  """The supervised baseline: the whole classifier fine-tuned on A(x) with cross-entropy."""
+
+  def loss_fn(params, model_state, batch, key, frozen):
+    del frozen
+    corrupted = operator(key, to_unit_range(batch["image"]))
+    logits, _, new_state = apply_model(model, {"params": params, **model_state}, corrupted,
+                                       train=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, (new_state, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])})
+
+  return loss_fn
