@@ -1,0 +1,350 @@
+"""Building and verifying a teacher-embedding cache.
+
+Parallel over hosts: chunk c (see `store`) belongs to process c % process_count, and
+each process works on its own devices only (no cross-host collectives), so hosts never
+wait for each other and can even run at different times. Parallel over devices: every
+batch is sharded over a data mesh of the local devices and the teacher's jittable
+`apply` runs under jit; batches are padded to one fixed shape so it compiles once.
+Decoding and cropping run on host worker threads a few batches ahead of the device
+(PIL releases the GIL), and shard writes overlap the next chunk's compute.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from rrjax import sharding
+from rrjax.cache import store
+
+# Test hook: when set to N, the builder writes the data of the (N+1)-th chunk it
+# finishes in this run, prints HANG_MESSAGE and sleeps instead of marking it done, so a
+# test can SIGKILL it at the worst moment (data written, not yet marked).
+HANG_ENV = "RRJAX_CACHE_TEST_HANG_AFTER_CHUNKS"
+HANG_MESSAGE = "rrjax.cache: test hook hanging before marking a chunk done"
+_OVERWRITE_WAIT_S = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildReport:
+  """What one `build_cache` call did (this process only)."""
+  path: str
+  num_chunks: int
+  chunks_this_process: int
+  chunks_already_done: int
+  chunks_computed: int
+  images_computed: int
+  seconds: float
+
+  @property
+  def images_per_s(self) -> float:
+    return self.images_computed / max(self.seconds, 1e-9)
+
+  def as_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "images_per_s": round(self.images_per_s, 2)}
+
+
+class TeacherForward:
+  """The teacher on fixed-shape uint8 batches: `forward(put(host_batch))`.
+
+  Teachers with `params` and a jittable `apply` run under jit with the batch sharded over
+  `mesh` and the params replicated; plug-ins with only `embed` are called as they are.
+  `put` and the forward are separate so a benchmark can time the forward alone.
+  """
+
+  def __init__(self, teacher, mesh):
+    self.jitted = self.is_jittable(teacher)
+    self._teacher = teacher
+    self._batch_sharding = sharding.data_sharding(mesh)
+    if self.jitted:
+      self._params = sharding.replicate(teacher.params, mesh)
+      self._apply = jax.jit(teacher.apply, out_shardings=self._batch_sharding)
+
+  @staticmethod
+  def is_jittable(teacher) -> bool:
+    return hasattr(teacher, "apply") and hasattr(teacher, "params")
+
+  def put(self, images: np.ndarray):
+    return jax.device_put(images, self._batch_sharding) if self.jitted else images
+
+  def __call__(self, images):
+    if self.jitted:
+      return self._apply(self._params, images)
+    return self._teacher.embed(images)
+
+
+def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], seed: int,
+                batch_size: int, dataset_id: str, mesh=None, process_index: int | None = None,
+                process_count: int | None = None, dtype: str = "float16",
+                chunk_rows: int | None = None, overwrite: bool = False,
+                num_workers: int | None = None, prefetch: int = 4) -> BuildReport:
+  """Computes this process's share of the cache at `path`, skipping finished chunks.
+
+  Args:
+    teacher: a Teacher (`image_size`, `dim`, `fingerprint`, `embed`, optionally
+      `params` + `apply`).
+    source: random-access source; `source[i]["id"]` must be `i` (rows are example ids).
+    view_spec: `rrjax.data.views.ViewSpec`; its `size` must be the teacher's image size.
+    views: view indices to store (0 = eval view, 1..V = training views).
+    seed: the view seed (the same one the training pipeline uses).
+    batch_size: images per device batch (all local devices together).
+    dataset_id: identity of the source (dataset, root, split) for the fingerprint.
+    mesh: a mesh of this process's devices (default: all local devices).
+    process_index, process_count: this process's share (default: JAX's).
+    dtype: storage dtype, "float16" (default), "bfloat16" or "float32".
+    chunk_rows: examples per chunk (unit of work and of resumption) for a new cache;
+      default `batch_size`. An existing cache keeps its own.
+    overwrite: replace a cache with a different fingerprint at `path` (process 0
+      deletes it, others wait for the new one). Without it such a cache is refused.
+    num_workers: host threads decoding and cropping (default: CPU count).
+    prefetch: device batches prepared ahead of the device.
+  """
+  views = store.check_views(views)
+  storage_dtype = store.check_dtype(dtype)
+  if view_spec.size != teacher.image_size:
+    raise ValueError(f"data.image_size={view_spec.size} but the teacher takes "
+                     f"{teacher.image_size}x{teacher.image_size} images; set "
+                     f"data.image_size={teacher.image_size}.")
+  num_examples = len(source)
+  if num_examples == 0:
+    raise ValueError(f"The source for dataset {dataset_id!r} is empty; nothing to cache.")
+  mesh = sharding.make_mesh(jax.local_devices()) if mesh is None else mesh
+  if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+    raise ValueError("build_cache needs a mesh of this process's own devices "
+                     "(make_mesh(jax.local_devices())): hosts build independently.")
+  if TeacherForward.is_jittable(teacher):
+    sharding.check_batch_divisible(batch_size, mesh, "cache.batch_size")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
+  fingerprint = store.cache_fingerprint(
+      teacher, dataset_id=dataset_id, num_examples=num_examples,
+      preprocessing=view_spec.as_dict(), seed=seed, views=views, dtype=dtype)
+
+  kvstore = store.open_kvstore(path)
+  chunk_rows = _create_or_resume(kvstore, path, fingerprint, chunk_rows or batch_size,
+                                 overwrite, process_index)
+  array = store.open_array(kvstore, fingerprint, chunk_rows)
+  num_chunks = -(-num_examples // chunk_rows)
+  mine = range(process_index, num_chunks, process_count)
+  done = store.done_chunks(kvstore)
+  todo = [c for c in mine if c not in done]
+  logging.info("teacher cache %s: %d chunks, %d for process %d/%d, %d already done",
+               path, num_chunks, len(mine), process_index, process_count,
+               len(mine) - len(todo))
+
+  start = time.perf_counter()
+  writer = _ChunkWriter(kvstore, array, storage_dtype, num_examples, chunk_rows)
+  forward = TeacherForward(teacher, mesh)
+  num_workers = num_workers or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    images_computed = _run(
+        pool, forward, writer, source, todo, views=views, view_spec=view_spec,
+        seed=seed, batch_size=batch_size, chunk_rows=chunk_rows, num_examples=num_examples,
+        prefetch=prefetch, dim=teacher.dim)
+  writer.drain()
+  return BuildReport(path=path, num_chunks=num_chunks, chunks_this_process=len(mine),
+                     chunks_already_done=len(mine) - len(todo), chunks_computed=len(todo),
+                     images_computed=images_computed, seconds=time.perf_counter() - start)
+
+
+def _create_or_resume(kvstore, path: str, fingerprint: dict, chunk_rows: int,
+                      overwrite: bool, process_index: int) -> int:
+  """Writes the metadata of a new cache or checks an existing one; returns chunk_rows."""
+  metadata = store.read_metadata(kvstore)
+  if metadata is not None:
+    differences = store.fingerprint_differences(metadata["fingerprint"], fingerprint)
+    if not differences:
+      return metadata["layout"]["chunk_rows"]
+    if not overwrite:
+      raise ValueError(
+          f"{path} holds a teacher cache built for a different configuration:\n  "
+          + "\n  ".join(differences)
+          + "\nRefusing to overwrite it. Choose another cache.path, or pass --overwrite "
+          "(overwrite=True) to delete it and build this one.")
+    if process_index != 0:
+      return _wait_for_new_metadata(kvstore, path, fingerprint)
+    logging.warning("teacher cache %s: deleting a cache with a different fingerprint "
+                    "(overwrite=True):\n  %s", path, "\n  ".join(differences))
+    store.delete_cache(kvstore)
+  elif any(key.startswith((store.ARRAY_DIR.encode(), store.DONE_PREFIX.encode()))
+           for key in kvstore.list().result()):
+    if not overwrite:
+      raise ValueError(f"{path} holds teacher-cache data without {store.METADATA_KEY} "
+                       "(an interrupted delete?); pass --overwrite (overwrite=True) to "
+                       "clear it, or choose another cache.path.")
+    store.delete_cache(kvstore)
+  store.write_metadata(kvstore, fingerprint, chunk_rows)
+  return chunk_rows
+
+
+def _wait_for_new_metadata(kvstore, path: str, fingerprint: dict) -> int:
+  """Processes other than 0 wait while process 0 replaces a cache (overwrite=True)."""
+  deadline = time.monotonic() + _OVERWRITE_WAIT_S
+  while time.monotonic() < deadline:
+    metadata = store.read_metadata(kvstore)
+    if metadata is not None and not store.fingerprint_differences(
+        metadata["fingerprint"], fingerprint):
+      return metadata["layout"]["chunk_rows"]
+    time.sleep(1.0)
+  raise TimeoutError(f"Waited {_OVERWRITE_WAIT_S}s for process 0 to replace the teacher "
+                     f"cache at {path} (overwrite=True); is process 0 running?")
+
+
+class _ChunkWriter:
+  """Writes finished chunks; marks each done only after its data write has completed."""
+
+  def __init__(self, kvstore, array, storage_dtype, num_examples: int, chunk_rows: int):
+    self._kvstore = kvstore
+    self._array = array
+    self._dtype = storage_dtype
+    self._num_examples = num_examples
+    self._chunk_rows = chunk_rows
+    self._pending: collections.deque = collections.deque()
+    self._marked = 0
+    hang = os.environ.get(HANG_ENV)
+    self._hang_after = int(hang) if hang else None
+
+  def rows(self, chunk: int) -> tuple[int, int]:
+    start = chunk * self._chunk_rows
+    return start, min(start + self._chunk_rows, self._num_examples)
+
+  def write(self, chunk: int, embeddings: np.ndarray) -> None:
+    """Starts writing `embeddings` [rows, views, dim] (float32) of `chunk`."""
+    start, stop = self.rows(chunk)
+    future = self._array[start:stop].write(embeddings.astype(self._dtype))
+    self._pending.append((chunk, future))
+    # Keep at most two writes in flight; mark whatever has already landed.
+    while self._pending and (len(self._pending) > 2 or self._pending[0][1].done()):
+      self._finish_oldest()
+
+  def drain(self) -> None:
+    while self._pending:
+      self._finish_oldest()
+
+  def _finish_oldest(self) -> None:
+    chunk, future = self._pending.popleft()
+    future.result()
+    if self._hang_after is not None and self._marked == self._hang_after:
+      print(HANG_MESSAGE, flush=True)
+      time.sleep(3600)
+    store.mark_done(self._kvstore, chunk, self.rows(chunk))
+    self._marked += 1
+
+
+def _example_views(source, row: int, views: Sequence[int], view_spec, seed: int) -> np.ndarray:
+  """Decodes example `row` once and cuts the requested views: uint8 [len(views), S, S, 3]."""
+  example = source[row]
+  if int(example["id"]) != row:
+    raise ValueError(f"source[{row}]['id'] is {example['id']}; the cache addresses rows by "
+                     "example id, so the source's ids must be 0..len(source)-1 in order.")
+  return np.stack([view_spec(example["image"], seed=seed, example_id=row, view_index=v)
+                   for v in views])
+
+
+def _chunk_batches(chunk: int, rows: range, views: Sequence[int],
+                   batch_size: int) -> Iterator[tuple[int, int, list[tuple[int, list[int]]]]]:
+  """Splits a chunk's (row, view) pairs, row-major, into batches of `batch_size` pairs.
+
+  Yields (chunk, number of batches in the chunk, [(row, [views of row in batch]), ...]).
+  """
+  pairs = [(r, v) for r in rows for v in views]
+  num_batches = -(-len(pairs) // batch_size)
+  for b in range(num_batches):
+    groups: dict[int, list[int]] = {}
+    for r, v in pairs[b * batch_size:(b + 1) * batch_size]:
+      groups.setdefault(r, []).append(v)
+    yield chunk, num_batches, list(groups.items())
+
+
+def _prefetched(items: Iterator, depth: int) -> Iterator:
+  """Pulls `depth` items ahead of the consumer (items submit their own host work)."""
+  pending = collections.deque()
+  for item in items:
+    pending.append(item)
+    if len(pending) > depth:
+      yield pending.popleft()
+  yield from pending
+
+
+def _run(pool, forward: TeacherForward, writer: _ChunkWriter, source, todo: list[int], *,
+         views, view_spec, seed: int, batch_size: int, chunk_rows: int, num_examples: int,
+         prefetch: int, dim: int) -> int:
+  """The build loop; returns the number of images embedded."""
+  def host_batches():
+    for chunk in todo:
+      start, stop = writer.rows(chunk)
+      for chunk_, num_batches, groups in _chunk_batches(chunk, range(start, stop), views,
+                                                        batch_size):
+        futures = [pool.submit(_example_views, source, row, vs, view_spec, seed)
+                   for row, vs in groups]
+        yield chunk_, num_batches, futures
+
+  buffers: dict[int, list[np.ndarray]] = {}
+  in_flight: collections.deque = collections.deque()
+  images_computed = 0
+  last_log = time.monotonic()
+
+  def collect(chunk: int, num_batches: int, num_valid: int, embeddings) -> None:
+    buffers.setdefault(chunk, []).append(np.asarray(embeddings, np.float32)[:num_valid])
+    if len(buffers[chunk]) == num_batches:
+      start, stop = writer.rows(chunk)
+      writer.write(chunk, np.concatenate(buffers.pop(chunk)).reshape(
+          stop - start, len(views), dim))
+
+  for chunk, num_batches, futures in _prefetched(host_batches(), prefetch):
+    images = np.concatenate([f.result() for f in futures])
+    num_valid = len(images)
+    if num_valid < batch_size:
+      images = np.concatenate(
+          [images, np.zeros((batch_size - num_valid, *images.shape[1:]), images.dtype)])
+    # Dispatch is asynchronous: the device computes this batch while the previous
+    # batch's result is copied back and written.
+    in_flight.append((chunk, num_batches, num_valid, forward(forward.put(images))))
+    if len(in_flight) > 1:
+      collect(*in_flight.popleft())
+    images_computed += num_valid
+    if time.monotonic() - last_log > 30:
+      last_log = time.monotonic()
+      logging.info("teacher cache: %d images embedded", images_computed)
+  while in_flight:
+    collect(*in_flight.popleft())
+  return images_computed
+
+
+def verify_cache(cache: store.TeacherCache, teacher, source, *, view_spec, seed: int,
+                 num_samples: int, rng_seed: int = 0, rtol: float = 1e-3) -> dict[str, Any]:
+  """Recomputes `num_samples` random (example, view) rows with `teacher.embed` and
+  compares them with the cache.
+
+  Passes (`ok`) when the max abs difference is within the storage dtype's rounding plus
+  `rtol` (numerical noise between batch shapes/devices), both relative to the largest
+  embedding entry.
+  """
+  if num_samples <= 0:
+    raise ValueError(f"num_samples={num_samples} must be positive.")
+  finished = cache.finished_ids()
+  if not len(finished):
+    raise ValueError(f"Teacher cache at {cache.path} has no finished chunks to verify.")
+  rng = np.random.default_rng(rng_seed)
+  ids = rng.choice(finished, size=min(num_samples, len(finished)), replace=False)
+  views = rng.choice(cache.views, size=len(ids))
+  images = np.stack([view_spec(source[int(i)]["image"], seed=seed, example_id=int(i),
+                               view_index=int(v)) for i, v in zip(ids, views)])
+  reference = np.asarray(teacher.embed(images), np.float32)
+  cached = cache.lookup(ids, views)
+  max_abs = float(np.abs(reference).max())
+  max_diff = float(np.abs(cached - reference).max())
+  tolerance = (2 * float(np.finfo(store.DTYPES[cache.dtype]).eps) + rtol) * max_abs
+  return {"num_checked": int(len(ids)), "max_abs_diff": max_diff,
+          "max_abs_embedding": max_abs, "tolerance": tolerance, "ok": max_diff <= tolerance}
+

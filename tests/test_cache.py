@@ -1,0 +1,238 @@
+"""Teacher-embedding cache: build, resume, fingerprints, hosts/devices, object stores."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from rrjax import sharding
+from rrjax.cache import TeacherCache, build, build_cache, cache_fingerprint, store, verify_cache
+from rrjax.data.views import ViewSpec
+
+IMAGE_SIZE = 16
+VIEW_SPEC = ViewSpec(size=IMAGE_SIZE, resize_size=18)
+NUM_EXAMPLES = 20
+VIEWS = (1, 2)
+BATCH = 16  # 40 images: chunks of 16 and 4 rows; the last batch of each chunk is padded.
+
+
+class LinearTeacher:
+  """A plug-in teacher: 4x4 average pooling then a fixed random projection (in jnp)."""
+  image_size = IMAGE_SIZE
+  dim = 8
+
+  def __init__(self, seed=0):
+    self.fingerprint = f"linear-teacher-{seed}"
+    self.params = {"w": jnp.asarray(np.random.default_rng(seed).normal(
+        size=(4 * 4 * 3, self.dim)), jnp.float32)}
+
+  @staticmethod
+  def apply(params, images):
+    x = images.astype(jnp.float32) / 255.0
+    b, s = x.shape[0], x.shape[1]
+    pooled = x.reshape(b, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4)).reshape(b, -1)
+    return pooled @ params["w"]
+
+  def embed(self, images):
+    return self.apply(self.params, jnp.asarray(images))
+
+
+class EmbedOnlyTeacher:
+  """A plug-in with `embed` only (no params/apply): called as it is, in numpy."""
+  image_size, dim, fingerprint = IMAGE_SIZE, 3, "mean-colour"
+
+  def embed(self, images):
+    return np.asarray(images, np.float32).mean(axis=(1, 2))
+
+
+class ListSource:
+  """A tiny random-access source of random images of varying sizes."""
+
+  def __init__(self, n=NUM_EXAMPLES, seed=0):
+    rng = np.random.default_rng(seed)
+    self.images = [rng.integers(0, 256, size=(int(rng.integers(18, 28)),
+                                              int(rng.integers(18, 28)), 3), dtype=np.uint8)
+                   for _ in range(n)]
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": i % 2, "id": i}
+
+
+def _build(teacher, source, path, **overrides):
+  kwargs = dict(view_spec=VIEW_SPEC, views=VIEWS, seed=0, batch_size=BATCH,
+                dataset_id="list:test", num_workers=2)
+  kwargs.update(overrides)
+  return build_cache(teacher, source, str(path), **kwargs)
+
+
+def _fingerprint(teacher, source, **overrides):
+  kwargs = dict(dataset_id="list:test", num_examples=len(source),
+                preprocessing=VIEW_SPEC.as_dict(), seed=0, views=VIEWS, dtype="float16")
+  kwargs.update(overrides)
+  return cache_fingerprint(teacher, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+  return LinearTeacher()
+
+
+@pytest.fixture(scope="module")
+def source():
+  return ListSource()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, teacher, source):
+  """One uninterrupted single-process build on all 8 devices."""
+  path = tmp_path_factory.mktemp("reference") / "cache"
+  report = _build(teacher, source, path)
+  return path, report
+
+
+def _expected_embeddings(teacher, source, views, seed=0):
+  """Independent reference: every view cut now and embedded one image at a time."""
+  return np.stack([[np.asarray(teacher.embed(VIEW_SPEC(source[i]["image"], seed=seed,
+                                                       example_id=i, view_index=v)[None]))[0]
+                    for v in views] for i in range(len(source))])
+
+
+def test_cached_embeddings_are_the_teacher_on_the_views(reference, teacher, source):
+  """The student's crop is exactly the crop the teacher embedded: cache == R(view) now."""
+  path, report = reference
+  assert (report.chunks_computed, report.images_computed) == (2, NUM_EXAMPLES * len(VIEWS))
+  cache = TeacherCache.open(str(path), _fingerprint(teacher, source))
+  assert (cache.num_examples, cache.dim, cache.views, cache.is_complete) == (
+      NUM_EXAMPLES, teacher.dim, VIEWS, True)
+  expected = _expected_embeddings(teacher, source, VIEWS)
+  stored = cache.to_numpy()
+  assert stored.dtype == np.float16 and stored.shape == (NUM_EXAMPLES, len(VIEWS), 8)
+  np.testing.assert_allclose(stored.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+  ids = np.array([19, 0, 7, 7])
+  views = np.array([2, 1, 1, 2])
+  np.testing.assert_array_equal(
+      cache.lookup(ids, views), stored[ids, views - 1].astype(np.float32))
+  np.testing.assert_array_equal(cache.lookup([3, 4], 2), stored[[3, 4], 1].astype(np.float32))
+  # Different views of one example are different crops, hence different embeddings.
+  assert not np.allclose(expected[:, 0], expected[:, 1])
+
+
+def test_lookup_rejects_unknown_views_and_ids(reference):
+  cache = TeacherCache.open(str(reference[0]))
+  with pytest.raises(ValueError, match=r"views \[0\] are not in the cache"):
+    cache.lookup([1], 0)
+  with pytest.raises(ValueError, match=r"must be in \[0, 20\)"):
+    cache.lookup([20], 1)
+
+
+def test_rebuilding_a_finished_cache_computes_nothing(reference, teacher, source):
+  report = _build(teacher, source, reference[0])
+  assert (report.chunks_already_done, report.chunks_computed, report.images_computed) == (
+      2, 0, 0)
+
+
+def test_fingerprint_mismatch_is_refused(reference, teacher, source, tmp_path):
+  path = str(reference[0])
+  with pytest.raises(ValueError) as error:
+    TeacherCache.open(path, _fingerprint(teacher, source, seed=1))
+  message = str(error.value)
+  assert "seed: cache has 0, expected 1" in message and "python -m rrjax.cache build" in message
+  assert "teacher:" not in message  # Only the differing keys are listed.
+  with pytest.raises(ValueError, match=r"preprocessing.size: cache has 16, expected 12"):
+    TeacherCache.open(path, _fingerprint(
+        teacher, source, preprocessing={**VIEW_SPEC.as_dict(), "size": 12}))
+  with pytest.raises(ValueError, match=r"teacher: cache has 'linear-teacher-0', expected "
+                                       r"'linear-teacher-1'"):
+    TeacherCache.open(path, _fingerprint(LinearTeacher(seed=1), source))
+  # Building into a directory holding another configuration's cache never overwrites it...
+  with pytest.raises(ValueError, match=r"(?s)seed: cache has 0, expected 1.*Refusing"):
+    _build(teacher, source, path, seed=1)
+  assert TeacherCache.open(path).fingerprint["seed"] == 0
+  # ...unless asked to.
+  copy = tmp_path / "copy"
+  _build(teacher, source, copy, views=(0,))
+  _build(teacher, source, copy, seed=1, overwrite=True)
+  replaced = TeacherCache.open(str(copy), _fingerprint(teacher, source, seed=1))
+  np.testing.assert_allclose(replaced.to_numpy().astype(np.float32),
+                             _expected_embeddings(teacher, source, VIEWS, seed=1),
+                             rtol=1e-3, atol=1e-3)
+
+
+def test_two_hosts_give_the_same_cache_as_one(reference, teacher, source, tmp_path):
+  path = tmp_path / "two_hosts"
+  first = _build(teacher, source, path, process_index=1, process_count=2, chunk_rows=4)
+  assert (first.chunks_this_process, first.chunks_computed) == (2, 2)  # chunks 1 and 3
+  with pytest.raises(ValueError, match=r"incomplete: 12 of 20 examples \(3 of 5 chunks\)"):
+    TeacherCache.open(str(path))
+  partial = TeacherCache.open(str(path), require_complete=False)
+  np.testing.assert_array_equal(partial.finished_ids(), [4, 5, 6, 7, 12, 13, 14, 15])
+  with pytest.raises(ValueError, match="not finished"):
+    partial.lookup([0], 1)
+  second = _build(teacher, source, path, process_index=0, process_count=2)
+  assert second.chunks_computed == 3
+  np.testing.assert_array_equal(TeacherCache.open(str(path)).to_numpy(),
+                                TeacherCache.open(str(reference[0])).to_numpy())
+
+
+def test_sharded_build_equals_single_device_build(reference, teacher, source, tmp_path):
+  path = tmp_path / "one_device"
+  _build(teacher, source, path, mesh=sharding.make_mesh(jax.devices()[:1]))
+  one = TeacherCache.open(str(path)).to_numpy().astype(np.float32)
+  eight = TeacherCache.open(str(reference[0])).to_numpy().astype(np.float32)
+  # Equal up to float16 rounding of float32 results that may differ in the last bits.
+  np.testing.assert_allclose(one, eight, rtol=2 ** -10, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_storage_dtypes_and_object_store_paths(teacher, source, dtype):
+  """A tensorstore kvstore URL (memory:// here, gs:// or s3:// in the cloud) works too."""
+  path = f"memory://rrjax-test-{dtype}/cache"
+  _build(teacher, source, path, dtype=dtype, views=(0, 3))
+  cache = TeacherCache.open(path, _fingerprint(teacher, source, dtype=dtype, views=(0, 3)))
+  stored = cache.to_numpy()
+  assert stored.dtype == store.DTYPES[dtype]
+  expected = _expected_embeddings(teacher, source, (0, 3))
+  tolerance = 2 ** -7 if dtype == "bfloat16" else 1e-5
+  np.testing.assert_allclose(stored.astype(np.float32), expected, rtol=tolerance, atol=1e-5)
+
+
+def test_embed_only_plugins_are_called_as_they_are(source, tmp_path):
+  plugin = EmbedOnlyTeacher()
+  _build(plugin, source, tmp_path / "plugin", views=(0,), batch_size=6)
+  cache = TeacherCache.open(str(tmp_path / "plugin"))
+  expected = _expected_embeddings(plugin, source, (0,))[:, 0]
+  np.testing.assert_allclose(cache.lookup(np.arange(NUM_EXAMPLES), 0), expected, rtol=1e-3)
+
+
+def test_bad_arguments_fail_before_any_work(teacher, source, tmp_path):
+  path = tmp_path / "bad"
+  with pytest.raises(ValueError, match="cache.batch_size=12 must be a positive multiple of"):
+    _build(teacher, source, path, batch_size=12)
+  with pytest.raises(ValueError, match="data.image_size=12 but the teacher takes 16x16"):
+    _build(teacher, source, path, view_spec=ViewSpec(size=12, resize_size=14))
+  with pytest.raises(ValueError, match="strictly increasing"):
+    _build(teacher, source, path, views=(2, 1))
+  with pytest.raises(ValueError, match="cache.dtype='int8' must be one of"):
+    _build(teacher, source, path, dtype="int8")
+  assert not path.exists()
+  with pytest.raises(FileNotFoundError, match="No teacher cache at"):
+    TeacherCache.open(str(path))
+
+
+def test_verify_detects_a_wrong_cache(reference, teacher, source):
+  cache = TeacherCache.open(str(reference[0]))
+  good = verify_cache(cache, teacher, source, view_spec=VIEW_SPEC, seed=0, num_samples=8)
+  assert good["ok"] and good["num_checked"] == 8 and good["max_abs_diff"] < good["tolerance"]
+  wrong_seed = verify_cache(cache, teacher, source, view_spec=VIEW_SPEC, seed=5,
+                            num_samples=8)
+  assert not wrong_seed["ok"]
