@@ -86,7 +86,7 @@ def train_step(state: TrainState, batch, key: jax.Array, frozen, *, loss_fn: Los
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
   if dynamic_loss_scale:
-    finite = optax.tree.all(jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     # Overflow: keep the old state (skip the update, but count the step) and halve the scale.
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                              new_state, state.replace(step=state.step + 1))
@@ -95,8 +95,8 @@ def train_step(state: TrainState, batch, key: jax.Array, frozen, *, loss_fn: Los
         finite, jnp.where(grow, state.loss_scale * 2, state.loss_scale), state.loss_scale / 2))
     # An overflowing float16 step is expected, not an error: report the loss as finite.
     loss = jnp.where(finite, loss, 0.0)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(params), loss_scale=new_state.loss_scale)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(params), loss_scale=new_state.loss_scale)
   return new_state, metrics
 
 
@@ -141,7 +141,8 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   ckpt_dir = os.path.join(workdir, "checkpoints")
   manager = _checkpoint_manager(ckpt_dir, keep_checkpoints)
   replicated = sharding.replicated(mesh)
-  state = jax.device_put(state, replicated)
+  # A copy: the step donates its input state, and the caller may still hold this one.
+  state = jax.device_put(jax.tree.map(jnp.copy, state), replicated)
   frozen = jax.device_put(frozen, replicated)
   resumed_from = 0
   if manager.latest_step() is not None:

@@ -1,0 +1,155 @@
+"""The shared training loop: optimiser, sharded == single device, loss scaling, NaN stop,
+resume from a checkpoint == uninterrupted run."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rrjax import objectives, operators, sharding, train
+
+
+class TinyStudent(nn.Module):
+  """Conv + BatchNorm + Dense: enough to exercise batch statistics under sharding."""
+  dim: int = 8
+
+  @nn.compact
+  def __call__(self, images01, *, train: bool):
+    x = nn.Conv(4, (3, 3), strides=2, use_bias=False)(images01)  # BN follows
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    pooled = jnp.mean(nn.relu(x), axis=(1, 2))
+    return nn.Dense(self.dim)(pooled), {"pre_logits": pooled}
+
+
+class ListLoader:
+  """The loader protocol of `train.fit`: iteration plus exact position save/restore."""
+
+  def __init__(self, batches, fail_at=None):
+    self.batches, self.position, self.fail_at = batches, 0, fail_at
+
+  def __iter__(self):
+    while True:
+      if self.position == self.fail_at:
+        raise KeyboardInterrupt("simulated crash")
+      batch = self.batches[self.position % len(self.batches)]
+      self.position += 1
+      yield batch
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+def _batches(num, batch_size=16, size=8, dim=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+           "target": rng.normal(size=(batch_size, dim)).astype(np.float32)}
+          for _ in range(num)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = TinyStudent()
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
+  loss_fn = objectives.student_loss(model, operators.build({"kind": "mask", "p": 0.5}),
+                                    kind="student_teacher", temperature=0.1)
+  tx = train.make_optimizer(learning_rate=1e-2, total_steps=6, weight_decay=1e-4)
+  state = train.create_state(variables["params"], {"batch_stats": variables["batch_stats"]}, tx)
+  return loss_fn, state
+
+
+def _run_steps(state, loss_fn, batches, mesh):
+  step = jax.jit(lambda s, b, k: train.train_step(s, b, k, None, loss_fn=loss_fn))
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.key(1))
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def test_sharded_steps_equal_single_device(setup):
+  loss_fn, state = setup
+  batches = _batches(3)
+  single_mesh = sharding.make_mesh(jax.devices()[:1])
+  full_mesh = sharding.make_mesh()
+  assert full_mesh.devices.size == 8
+  single_state, single_losses = _run_steps(
+      jax.device_put(state, sharding.replicated(single_mesh)), loss_fn, batches, single_mesh)
+  sharded_state, sharded_losses = _run_steps(
+      jax.device_put(state, sharding.replicated(full_mesh)), loss_fn, batches, full_mesh)
+  np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
+  assert single_losses[-1] != single_losses[0]
+  for got, want in zip(jax.tree.leaves((sharded_state.params, sharded_state.model_state)),
+                       jax.tree.leaves((single_state.params, single_state.model_state))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_optimizer_is_per_step_cosine_with_decoupled_decay_on_kernels_only():
+  total, lr = 10, 0.1
+  tx = train.make_optimizer(learning_rate=lr, total_steps=total, weight_decay=0.5)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  opt_state = tx.init(params)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  for step in range(total):
+    updates, opt_state = tx.update(zero, opt_state, params)
+    expected_lr = lr * 0.5 * (1 + np.cos(np.pi * step / total))
+    # With zero gradients Adam's step is 0: only decoupled decay lr * wd * param remains.
+    np.testing.assert_allclose(updates["kernel"], -expected_lr * 0.5 * params["kernel"], rtol=1e-5)
+    np.testing.assert_array_equal(updates["bias"], 0.0)
+  warm = train.make_optimizer(learning_rate=lr, total_steps=total, warmup_steps=4)
+  opt_state = warm.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  first, _ = warm.update(grads, opt_state, params)
+  np.testing.assert_allclose(first["bias"], 0.0, atol=1e-8)  # warmup starts at lr 0
+
+
+def test_dynamic_loss_scale_skips_overflowing_steps(setup):
+  loss_fn, state = setup
+  state = state.replace(loss_scale=jnp.float32(1e38))  # loss * scale overflows float32
+  new_state, metrics = jax.jit(lambda s, b, k: train.train_step(
+      s, b, k, None, loss_fn=loss_fn, dynamic_loss_scale=True))(
+          state, _batches(1)[0], jax.random.key(0))
+  assert int(new_state.step) == 1
+  np.testing.assert_allclose(new_state.loss_scale, 5e37)
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(got, want)
+  assert np.isfinite(metrics["loss"])
+
+
+def _fit(state, loss_fn, workdir, loader, num_steps=6):
+  return train.fit(state=state, loss_fn=loss_fn, loader=loader, num_steps=num_steps,
+                   mesh=sharding.make_mesh(), key=jax.random.key(3), workdir=str(workdir),
+                   checkpoint_every=2, log_every=1)
+
+
+def test_resume_after_crash_equals_uninterrupted_run(setup, tmp_path):
+  loss_fn, state = setup
+  batches = _batches(5)
+  full = _fit(state, loss_fn, tmp_path / "full", ListLoader(batches))
+  with pytest.raises(KeyboardInterrupt):
+    _fit(state, loss_fn, tmp_path / "crashed", ListLoader(batches, fail_at=5))
+  resumed = _fit(state, loss_fn, tmp_path / "crashed", ListLoader(batches))
+  assert resumed.resumed_from == 4
+  assert int(resumed.state.step) == 6
+  for got, want in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(full.state.params)):
+    np.testing.assert_array_equal(got, want)
+  # A finished run is not trained again.
+  again = _fit(state, loss_fn, tmp_path / "full", ListLoader(batches))
+  assert again.resumed_from == 6 and again.seconds < full.seconds
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
+  _, state = setup
+
+  def exploding_loss(params, model_state, batch, key, frozen):
+    loss = jnp.sum(params["Dense_0"]["bias"]) * 0 + jnp.where(batch["bad"][0], jnp.nan, 1.0)
+    return loss, (model_state, {})
+
+  batches = [{"bad": np.zeros((8,), bool)}] * 2 + [{"bad": np.ones((8,), bool)}]
+  with pytest.raises(FloatingPointError, match="step 3"):
+    _fit(state, exploding_loss, tmp_path, ListLoader(batches))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
