@@ -1,0 +1,84 @@
+"""Evaluation metrics against direct computations, and the R-draw protocol's independence
+from batch size and device count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from rrjax import evaluate, operators, sharding
+
+
+def test_classification_metrics_match_direct_counts():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 50, 7))
+  labels = rng.integers(0, 7, 50)
+  got = evaluate.classification_metrics(logits, labels)
+  top1 = [100 * np.mean([np.argmax(l) == y for l, y in zip(r, labels)]) for r in logits]
+  top5 = [100 * np.mean([y in np.argsort(l)[-5:] for l, y in zip(r, labels)]) for r in logits]
+  assert got["top1"]["mean"] == pytest.approx(np.mean(top1))
+  assert got["top1"]["std"] == pytest.approx(np.std(top1, ddof=1))
+  assert got["top1"]["sem"] == pytest.approx(np.std(top1, ddof=1) / np.sqrt(3))
+  assert got["top5"]["mean"] == pytest.approx(np.mean(top5))
+  assert "auc" not in got
+
+
+def test_binary_auc_matches_mann_whitney():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 80)
+  scores = np.round(rng.normal(size=80) + labels, 1)  # rounding makes ties
+  u = stats.mannwhitneyu(scores[labels == 1], scores[labels == 0]).statistic
+  want = u / (np.sum(labels == 1) * np.sum(labels == 0))
+  assert evaluate.binary_auc(scores, labels) == pytest.approx(want)
+  logits = np.stack([np.zeros(80), scores], -1)[None]
+  assert evaluate.classification_metrics(logits, labels)["auc"]["mean"] == pytest.approx(want)
+
+
+def test_agreement_metrics():
+  rng = np.random.default_rng(2)
+  teacher = rng.normal(size=(20, 6))
+  assert evaluate.agreement_metrics(3 * teacher, teacher) == pytest.approx(
+      {"cosine": 1.0, "retrieval_at_1": 1.0})
+  shuffled = evaluate.agreement_metrics(teacher[::-1], teacher)
+  assert shuffled["retrieval_at_1"] == 0.0 and shuffled["cosine"] < 0.5
+
+
+def test_with_level_and_bad_kind():
+  assert evaluate.with_level({"kind": "mask", "p": 0.9}, 0.99) == {"kind": "mask", "p": 0.99}
+  with pytest.raises(ValueError, match="eval.levels"):
+    evaluate.with_level({"kind": "identity"}, 0.5)
+
+
+def _padded_batches(images, labels, batch_size):
+  """Global batches padded to `batch_size` with a validity mask (one host)."""
+  for start in range(0, len(images), batch_size):
+    n = min(batch_size, len(images) - start)
+    pad = batch_size - n
+    yield {"image": np.concatenate([images[start:start + n], np.zeros((pad,) + images.shape[1:],
+                                                                       np.uint8)]),
+           "label": np.concatenate([labels[start:start + n], np.zeros(pad, np.int32)]),
+           "id": np.concatenate([np.arange(start, start + n), np.zeros(pad, int)]).astype(np.int32),
+           "valid": np.arange(batch_size) < n}
+
+
+def test_draws_do_not_depend_on_batch_size_or_devices():
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (21, 6, 6, 3), dtype=np.uint8)
+  labels = rng.integers(0, 4, 21).astype(np.int32)
+  operator = operators.build({"kind": "mask", "p": 0.5})
+  output_fn = lambda variables, corrupted, batch: jnp.mean(corrupted, axis=(1, 2)) * variables
+  run = lambda batch_size, devices: evaluate.collect_outputs(
+      output_fn, jnp.float32(2.0), _padded_batches(images, labels, batch_size),
+      mesh=sharding.make_mesh(devices), key=jax.random.key(0), repeats=3, operator=operator)
+  single = run(4, jax.devices()[:1])
+  sharded = run(16, jax.devices())
+  np.testing.assert_array_equal(single["id"], np.arange(21))
+  np.testing.assert_array_equal(sharded["label"], labels)
+  assert single["outputs"].shape == (3, 21, 3)
+  np.testing.assert_allclose(sharded["outputs"], single["outputs"], rtol=1e-6)
+  # Repeats are independent draws; each equals the operator applied with the example's key.
+  assert not np.allclose(single["outputs"][0], single["outputs"][1])
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 2), 5)
+  want = 2 * np.mean(operator(key, images[5:6] / 255.0)[0], axis=(0, 1))
+  np.testing.assert_allclose(single["outputs"][2, 5], want, rtol=1e-6)
