@@ -19,6 +19,7 @@ STAGES = ("cache", "student", "probe", "baseline", "eval")
 def base_config() -> ml_collections.ConfigDict:
   """SPEC §5 defaults: CLIP teacher, ResNet-101 student, 90% mask, the paper's optimiser."""
   c = ml_collections.ConfigDict()
+  c.experiment = ""                 # SPEC experiment id(s) this run belongs to, e.g. "E1"
   c.seed = 0
   c.stages = ("cache", "student", "probe", "eval")
 
@@ -55,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.model = "resnet101"     # resnet18|34|50|101|152 | clip_vit
   c.student.init = "random"         # "random" | "imagenet:<hub id or dir>" | "teacher"
   c.student.dtype = "float32"       # compute dtype; parameters stay float32
+  c.student.teacher_name = ""       # clip_vit only: checkpoint to copy ("" = teacher.name)
 
   c.operator = ml_collections.ConfigDict({"kind": "mask", "p": 0.9})
 
@@ -74,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict()
   c.probe.features = "student"      # "student" | "teacher" | "clean_teacher"
   c.probe.label_fraction = 1.0
+  c.probe.extra_label_fractions = ()  # more probes on the same frozen features (E1, E2)
   c.probe.batch_size = 128
   c.probe.num_epochs = 10
   c.probe.learning_rate = 1e-3
@@ -126,8 +129,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     value = get_field(config, field)
     if value < 1:
       raise ValueError(f"{field}={value} must be at least 1.")
-  if not 0 < config.probe.label_fraction <= 1:
-    raise ValueError(f"probe.label_fraction={config.probe.label_fraction} must be in (0, 1].")
+  for fraction in (config.probe.label_fraction, *config.probe.extra_label_fractions):
+    if not 0 < fraction <= 1:
+      raise ValueError(f"probe.label_fraction={fraction} must be in (0, 1].")
   if config.teacher.mode not in ("cached", "online"):
     raise ValueError(f"teacher.mode={config.teacher.mode!r}; allowed: 'cached', 'online'.")
   if config.data.source in ("folder", "records") and not os.path.isdir(config.data.root):

@@ -17,7 +17,9 @@ import optax
 
 from rrjax import losses
 
-FeatureFn = Callable[[object, dict, jax.Array], jax.Array]
+# features(frozen_variables, corrupted_images01, batch) -> [B, D]: the signature of
+# `rrjax.evaluate.collect_outputs`, so training and evaluation share feature functions.
+FeatureFn = Callable[[object, jax.Array, dict], jax.Array]
 
 
 def to_unit_range(images_uint8: jax.Array) -> jax.Array:
@@ -59,28 +61,20 @@ def student_loss(model: nn.Module, operator, *, kind: str, temperature: float,
   return loss_fn
 
 
-def student_features(model: nn.Module, operator) -> FeatureFn:
+def student_features(model: nn.Module) -> FeatureFn:
   """Frozen student embeddings S(A(x)) (BatchNorm in inference mode)."""
-
-  def features(variables, batch, key):
-    corrupted = operator(key, to_unit_range(batch["image"]))
-    return apply_model(model, variables, corrupted, train=False)[0]
-
-  return features
+  return lambda variables, corrupted, batch: apply_model(model, variables, corrupted,
+                                                         train=False)[0]
 
 
-def teacher_features(teacher_apply: Callable, operator) -> FeatureFn:
+def teacher_features(teacher_apply: Callable) -> FeatureFn:
   """The teacher's embeddings of corrupted images, R(A(x)) (SPEC E11)."""
-
-  def features(params, batch, key):
-    return teacher_apply(params, to_uint8(operator(key, to_unit_range(batch["image"]))))
-
-  return features
+  return lambda params, corrupted, batch: teacher_apply(params, to_uint8(corrupted))
 
 
-def cached_clean_teacher_features(variables, batch, key) -> jax.Array:
+def cached_clean_teacher_features(variables, corrupted, batch) -> jax.Array:
   """The teacher's embedding of the clean crop, looked up in the cache (SPEC E8)."""
-  del variables, key
+  del variables, corrupted
   return batch["target"]
 
 
@@ -95,11 +89,13 @@ def probe_logits(head_params, features: jax.Array, num_classes: int) -> jax.Arra
                                         losses.l2_normalize(features))
 
 
-def probe_loss(features_fn: FeatureFn, num_classes: int):
-  """Cross-entropy of a linear probe on frozen features (`frozen` = extractor's variables)."""
+def probe_loss(features_fn: FeatureFn, operator, num_classes: int):
+  """Cross-entropy of a linear probe on frozen features of A(x) (`frozen` = the feature
+  extractor's variables)."""
 
   def loss_fn(params, model_state, batch, key, frozen):
-    features = jax.lax.stop_gradient(features_fn(frozen, batch, key))
+    corrupted = operator(key, to_unit_range(batch["image"]))
+    features = jax.lax.stop_gradient(features_fn(frozen, corrupted, batch))
     logits = probe_logits(params, features, num_classes)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     return loss, (model_state, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])})

@@ -1,0 +1,89 @@
+"""rrjax's entry point: `python -m rrjax.main --config=configs/mask.py --workdir=DIR`.
+
+Runs the stages the config names (`rrjax.stages`), resuming whatever an earlier run
+left unfinished. `--config.x=y` overrides any field; misspelt fields are rejected.
+Multi-host: set RRJAX_COORDINATOR=host:port, RRJAX_NUM_PROCESSES and RRJAX_PROCESS_ID
+(or run under SLURM with several tasks, or on a TPU pod slice) and every process runs
+this same command (see `launch/`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("USE_TORCH", "0")
+os.environ.setdefault("USE_TF", "0")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, checkpoints, results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_VERSIONED = ("rrjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers",
+              "tensorflow-datasets", "grain", "numpy")
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process job when the environment describes one."""
+  import jax
+  if os.environ.get("RRJAX_COORDINATOR"):
+    jax.distributed.initialize(
+        coordinator_address=os.environ["RRJAX_COORDINATOR"],
+        num_processes=int(os.environ["RRJAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["RRJAX_PROCESS_ID"]))
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES",
+                                                                      "").count(","):
+    jax.distributed.initialize()  # Cluster auto-detection (SLURM, Cloud TPU).
+
+
+def library_versions() -> dict[str, str]:
+  versions = {"python": sys.version.split()[0]}
+  for name in _VERSIONED:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = "not installed"
+  return versions
+
+
+def write_run_info(config, workdir: str) -> None:
+  """The resolved config and library versions, next to the results they produced."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(workdir, "versions.json"), "w") as f:
+    json.dump(library_versions(), f, indent=2)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  initialize_distributed()
+  import jax
+  from rrjax import config as config_lib
+  from rrjax import stages
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  config_lib.check_config(config, jax.device_count())
+  if jax.process_index() == 0:
+    write_run_info(config, workdir)
+  logging.info("rrjax: %d processes, %d devices; workdir %s", jax.process_count(),
+               jax.device_count(), workdir)
+  summaries = stages.run_stages(config, workdir)
+  if "eval" in summaries and jax.process_index() == 0:
+    print(open(os.path.join(workdir, "results.md")).read())
+
+
+def run() -> None:
+  """Console-script entry point (`rrjax --config=... --workdir=...`)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

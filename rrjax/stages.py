@@ -1,0 +1,436 @@
+"""The stages a config names, in order: cache -> student -> probe -> baseline -> eval.
+
+Every stage keeps its work under `WORKDIR/<stage>`: training stages resume from their
+orbax checkpoints (a finished one restores its final state without training), the cache
+resumes chunk by chunk, and a finished stage leaves `done.json` with its summary and
+time, so a re-run skips it. Results land in `WORKDIR/results.json` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rrjax import cache as cache_lib
+from rrjax import evaluate, losses, models, objectives, operators, sharding, train
+from rrjax import writers as writers_lib
+from rrjax.cache import from_config as cache_config
+from rrjax.data import pipeline, sources, subsets
+from rrjax.data.views import ViewSpec
+
+
+def _student_cfg(config) -> ml_collections.ConfigDict:
+  """`config.student` with `teacher_name` defaulting to the teacher's checkpoint."""
+  cfg = ml_collections.ConfigDict(config.student.to_dict())
+  cfg.teacher_name = cfg.teacher_name or config.teacher.name
+  cfg.from_pt = config.teacher.from_pt
+  return cfg
+
+
+def probe_fractions(config) -> tuple[float, ...]:
+  return (config.probe.label_fraction, *config.probe.extra_label_fractions)
+
+
+@dataclasses.dataclass
+class Context:
+  """What the stages share: the config, the workdir, the mesh, and lazily built parts."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+
+  @functools.cached_property
+  def teacher(self):
+    from rrjax import teachers
+    teacher = teachers.build_teacher(self.config.teacher)
+    if teacher.image_size != self.config.data.image_size:
+      raise ValueError(
+          f"data.image_size={self.config.data.image_size} but the teacher embeds "
+          f"{teacher.image_size}x{teacher.image_size} crops; set "
+          f"--config.data.image_size={teacher.image_size}.")
+    return teacher
+
+  @functools.cached_property
+  def view(self) -> ViewSpec:
+    return ViewSpec.from_config(self.config.data)
+
+  @functools.cached_property
+  def train_source(self):
+    return sources.build_source(self.config.data, self.config.data.train_split)
+
+  @functools.cached_property
+  def eval_source(self):
+    return sources.build_source(self.config.data, self.config.data.eval_split)
+
+  @functools.cached_property
+  def operator(self):
+    return operators.build(self.config.operator)
+
+  @functools.cached_property
+  def writer(self) -> writers_lib.MetricWriter:
+    return writers_lib.MetricWriter(self.workdir)
+
+  def key(self, name: str) -> jax.Array:
+    """An independent base key per purpose, from the config's seed."""
+    return jax.random.fold_in(jax.random.key(self.config.seed),
+                              int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little"))
+
+  def train_loader(self, source, batch_size: int) -> pipeline.TrainLoader:
+    return pipeline.TrainLoader(source, global_batch_size=batch_size, view=self.view,
+                                num_views=self.config.cache.num_views, seed=self.config.seed,
+                                num_workers=self.config.data.num_workers)
+
+  def eval_batches(self, source):
+    return pipeline.eval_batches(source, global_batch_size=self.config.eval.batch_size,
+                                 view=self.view, seed=self.config.seed,
+                                 num_workers=self.config.data.num_workers)
+
+  def uses_cache(self) -> bool:
+    return self.config.teacher.mode == "cached"
+
+  @functools.cached_property
+  def train_cache(self) -> cache_lib.TeacherCache:
+    return cache_config.open_cache(self.config, self.workdir, self.teacher, self.train_source,
+                                   split=self.config.data.train_split, view_set="train")
+
+  @functools.cached_property
+  def eval_cache(self) -> cache_lib.TeacherCache:
+    return cache_config.open_cache(self.config, self.workdir, self.teacher, self.eval_source,
+                                   split=self.config.data.eval_split, view_set="eval")
+
+  def with_targets(self, batch: dict) -> dict:
+    """Adds the cached teacher embedding of each (id, view) of a training batch."""
+    return dict(batch, target=self.train_cache.lookup(batch["id"], batch["view"]))
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def run_cache(ctx: Context) -> dict:
+  """Teacher embeddings of the training views (and of the evaluation views of the eval
+  split when agreement is measured): computed once, by every host and device."""
+  config = ctx.config
+  built = {}
+  if ctx.uses_cache() or config.probe.features == "clean_teacher":
+    built["train"] = cache_config.build_from_config(
+        config, ctx.workdir, ctx.teacher, ctx.train_source, split=config.data.train_split,
+        view_set="train")
+  if ctx.uses_cache() and "eval" in config.stages and config.eval.agreement:
+    built["eval"] = cache_config.build_from_config(
+        config, ctx.workdir, ctx.teacher, ctx.eval_source, split=config.data.eval_split,
+        view_set="eval")
+  return {name: dataclasses.asdict(report) for name, report in built.items()}
+
+
+# -------------------------------------------------------------------------- student
+
+
+def student_model(ctx: Context):
+  return models.build_model(_student_cfg(ctx.config), ctx.teacher.dim)
+
+
+def initial_student_variables(ctx: Context, model) -> dict:
+  return models.init_variables(_student_cfg(ctx.config), model, ctx.key("student_init"),
+                               ctx.config.data.image_size)
+
+
+def _split_variables(variables: dict) -> tuple[Any, dict]:
+  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def train_student(ctx: Context) -> train.FitResult:
+  """Trains (or resumes, or restores the finished) student of SPEC §1-§2."""
+  config = ctx.config
+  model = student_model(ctx)
+  params, model_state = _split_variables(initial_student_variables(ctx, model))
+  loader = ctx.train_loader(ctx.train_source, config.batch_size)
+  num_steps = config.num_epochs * loader.steps_per_epoch
+  float16 = config.student.dtype == "float16" and config.optimizer.loss_scale > 0
+  tx = train.make_optimizer(
+      learning_rate=config.optimizer.learning_rate, total_steps=num_steps,
+      weight_decay=config.optimizer.weight_decay, warmup_steps=config.optimizer.warmup_steps,
+      grad_clip_norm=config.optimizer.grad_clip_norm)
+  state = train.create_state(params, model_state, tx,
+                             config.optimizer.loss_scale if float16 else 0.0)
+  online = not ctx.uses_cache()
+  loss_fn = objectives.student_loss(
+      model, ctx.operator, kind=config.loss.kind, temperature=config.loss.temperature,
+      online_teacher=ctx.teacher.apply if online else None)
+  try:
+    return train.fit(
+        state=state, loss_fn=loss_fn, loader=loader, num_steps=num_steps, mesh=ctx.mesh,
+        key=ctx.key("student"), frozen=ctx.teacher.params if online else None,
+        workdir=os.path.join(ctx.workdir, "student"),
+        prepare_batch=(lambda b: b) if online else ctx.with_targets,
+        checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+        log_every=config.log_every_steps, writer=ctx.writer, name="student",
+        dynamic_loss_scale=float16)
+  finally:
+    loader.close()
+
+
+def run_student(ctx: Context) -> dict:
+  if ctx.uses_cache():
+    ctx.train_cache  # Fingerprint and completeness checked before anything compiles.
+  result = train_student(ctx)
+  return {"final_metrics": result.last_metrics, "resumed_from": result.resumed_from,
+          "train_seconds": result.seconds}
+
+
+def student_variables(ctx: Context) -> dict:
+  state = train_student(ctx).state
+  return {"params": state.params, **state.model_state}
+
+
+# ---------------------------------------------------------------------------- probe
+
+
+def probe_features(ctx: Context) -> tuple[objectives.FeatureFn, Any]:
+  """(features_fn, its frozen variables) for `config.probe.features`."""
+  kind = ctx.config.probe.features
+  if kind == "student":
+    return objectives.student_features(student_model(ctx)), student_variables(ctx)
+  if kind == "teacher":
+    return objectives.teacher_features(ctx.teacher.apply), ctx.teacher.params
+  if kind == "clean_teacher":
+    return objectives.cached_clean_teacher_features, None
+  raise ValueError(f"probe.features={kind!r}; allowed: 'student', 'teacher', 'clean_teacher'.")
+
+
+def train_probe(ctx: Context, fraction: float, features=None) -> train.FitResult:
+  config = ctx.config
+  features_fn, frozen = features or probe_features(ctx)
+  source = ctx.train_source
+  if fraction < 1:
+    source = subsets.Subset(source, subsets.class_balanced_indices(
+        source.labels, fraction, config.seed))
+  # The paper's label-efficiency probes use batch 8 when the subset is small.
+  batch_size = config.probe.batch_size if len(source) >= 4 * config.probe.batch_size else max(
+      ctx.mesh.devices.size, 8)
+  loader = ctx.train_loader(source, batch_size)
+  num_steps = config.probe.num_epochs * loader.steps_per_epoch
+  num_classes = ctx.train_source.num_classes
+  example = _example_batch(ctx, batch_size)
+  corrupted = jax.ShapeDtypeStruct(example["image"].shape, jnp.float32)
+  feature_dim = jax.eval_shape(features_fn, frozen, corrupted, example).shape[-1]
+  head = objectives.linear_head(num_classes).init(jax.random.key(0),
+                                                  jnp.zeros((1, feature_dim)))["params"]
+  tx = train.make_optimizer(learning_rate=config.probe.learning_rate, total_steps=num_steps)
+  try:
+    return train.fit(
+        state=train.create_state(head, {}, tx), loss_fn=objectives.probe_loss(
+            features_fn, ctx.operator, num_classes), loader=loader, num_steps=num_steps, mesh=ctx.mesh,
+        key=ctx.key(f"probe{fraction}"), frozen=frozen,
+        workdir=os.path.join(ctx.workdir, f"probe_{fraction:g}"),
+        prepare_batch=ctx.with_targets if config.probe.features == "clean_teacher" else (
+            lambda b: b),
+        checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+        log_every=config.log_every_steps, writer=ctx.writer, name=f"probe_{fraction:g}")
+  finally:
+    loader.close()
+
+
+def _example_batch(ctx: Context, batch_size: int) -> dict:
+  size = ctx.config.data.image_size
+  batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+           "id": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+           "view": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  if ctx.config.probe.features == "clean_teacher":
+    batch["target"] = jax.ShapeDtypeStruct((batch_size, ctx.teacher.dim), jnp.float32)
+  return batch
+
+
+def run_probe(ctx: Context) -> dict:
+  features = probe_features(ctx)
+  summary = {}
+  for fraction in probe_fractions(ctx.config):
+    result = train_probe(ctx, fraction, features)
+    summary[f"{fraction:g}"] = {"final_metrics": result.last_metrics,
+                                "train_seconds": result.seconds}
+  return summary
+
+
+# ------------------------------------------------------------------------- baseline
+
+
+def baseline_model(ctx: Context):
+  return models.build_model(ctx.config.baseline, ctx.train_source.num_classes)
+
+
+def train_baseline(ctx: Context) -> train.FitResult:
+  """SPEC §5 supervised baseline: a classifier fine-tuned end to end on A(x)."""
+  config = ctx.config
+  model = baseline_model(ctx)
+  params, model_state = _split_variables(models.init_variables(
+      config.baseline, model, ctx.key("baseline_init"), config.data.image_size))
+  loader = ctx.train_loader(ctx.train_source, config.baseline.batch_size)
+  num_steps = config.baseline.num_epochs * loader.steps_per_epoch
+  tx = train.make_optimizer(learning_rate=config.baseline.learning_rate, total_steps=num_steps)
+  try:
+    return train.fit(
+        state=train.create_state(params, model_state, tx),
+        loss_fn=objectives.classifier_loss(model, ctx.operator), loader=loader,
+        num_steps=num_steps, mesh=ctx.mesh, key=ctx.key("baseline"),
+        workdir=os.path.join(ctx.workdir, "baseline"),
+        checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+        log_every=config.log_every_steps, writer=ctx.writer, name="baseline")
+  finally:
+    loader.close()
+
+
+def run_baseline(ctx: Context) -> dict:
+  result = train_baseline(ctx)
+  return {"final_metrics": result.last_metrics, "train_seconds": result.seconds}
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def eval_operators(config) -> list[dict]:
+  """The operator specs to test: `config.eval.levels` of the trained operator, or itself."""
+  spec = config.operator.to_dict()
+  return [evaluate.with_level(spec, level) for level in config.eval.levels] or [spec]
+
+
+def _classify(ctx: Context, output_fn: Callable, variables, spec: dict, source) -> dict:
+  collected = evaluate.collect_outputs(
+      output_fn, variables, ctx.eval_batches(source), mesh=ctx.mesh, key=ctx.key("eval"),
+      repeats=ctx.config.eval.repeats, operator=operators.build(spec))
+  return evaluate.classification_metrics(collected["outputs"], collected["label"])
+
+
+def _agreement(ctx: Context, model, variables, spec: dict) -> dict:
+  """Cosine and retrieval@1 of S(A(x)) against R(x) on held-out evaluation views."""
+  source = ctx.eval_source
+  student = evaluate.collect_outputs(
+      objectives.student_features(model), variables, ctx.eval_batches(source), mesh=ctx.mesh, key=ctx.key("agreement"),
+      repeats=1, operator=operators.build(spec))
+  if ctx.uses_cache():
+    teacher = ctx.eval_cache.lookup(student["id"], np.zeros_like(student["id"]))
+  else:
+    teacher = evaluate.collect_outputs(
+        lambda p, clean, batch: ctx.teacher.apply(p, objectives.to_uint8(clean)),
+        ctx.teacher.params, ctx.eval_batches(source), mesh=ctx.mesh, key=ctx.key("agreement"),
+        repeats=1, operator=operators.build({"kind": "identity"}))["outputs"][0]
+  return evaluate.agreement_metrics(student["outputs"][0], np.asarray(teacher))
+
+
+def run_eval(ctx: Context) -> dict:
+  """Top-1/top-5 (AUC) over R corruption draws for every trained method and severity,
+  zero-shot with the teacher's text embeddings, and student-teacher agreement."""
+  config = ctx.config
+  stages = set(config.stages)
+  results, agreement = [], {}
+  trains_student = "student" in stages or config.probe.features == "student"
+  if trains_student:
+    model = student_model(ctx)
+    variables = student_variables(ctx)
+    initial = initial_student_variables(ctx, model)
+    embed = objectives.student_features(model)
+  if "probe" in stages:
+    features_fn, frozen = probe_features(ctx)
+    if config.probe.features == "clean_teacher":
+      # SPEC E8: the probe fitted on clean teacher embeddings, applied to the student.
+      features_fn, frozen = objectives.student_features(model), variables
+    heads = {f: train_probe(ctx, f).state.params for f in probe_fractions(config)}
+  if "baseline" in stages:
+    classifier = baseline_model(ctx)
+    baseline_state = train_baseline(ctx).state
+    baseline_variables = {"params": baseline_state.params, **baseline_state.model_state}
+  zero_shot = config.eval.zero_shot and trains_student and hasattr(ctx.teacher, "embed_text")
+  if zero_shot:
+    from rrjax.teachers import hf_clip
+    text = losses.l2_normalize(ctx.teacher.embed_text(
+        hf_clip.class_prompts(ctx.eval_source.class_names)))
+
+  for spec in eval_operators(config):
+    label = operators.describe(spec)
+    row = {"operator": label, "spec": spec}
+    if "probe" in stages:
+      for fraction, head in heads.items():
+        output = lambda v, corrupted, batch: objectives.probe_logits(
+            v[1], features_fn(v[0], corrupted, batch), ctx.train_source.num_classes)
+        results.append(dict(row, method=f"{config.probe.features}_probe",
+                            label_fraction=fraction,
+                            **_classify(ctx, output, (frozen, head), spec, ctx.eval_source)))
+    if "baseline" in stages:
+      output = objectives.student_features(classifier)  # Its outputs are class logits.
+      results.append(dict(row, method="baseline", label_fraction=1.0,
+                          **_classify(ctx, output, baseline_variables, spec, ctx.eval_source)))
+    if zero_shot:
+      output = lambda v, corrupted, batch: 100 * losses.l2_normalize(
+          embed(v["student"], corrupted, batch)) @ v["text"].T
+      results.append(dict(row, method="zero_shot", label_fraction=0.0, **_classify(
+          ctx, output, {"student": variables, "text": text}, spec, ctx.eval_source)))
+    if trains_student and config.eval.agreement:
+      agreement[label] = {"trained": _agreement(ctx, model, variables, spec),
+                          "initial": _agreement(ctx, model, initial, spec)}
+  report = {"experiment": config.get("experiment", ""), "results": results,
+            "agreement": agreement}
+  write_results(ctx.workdir, report)
+  return report
+
+
+def markdown_table(report: dict) -> str:
+  """The results as a Markdown table: one row per (method, labels, operator)."""
+  lines = ["| method | labels | operator | top-1 (%) | top-5 (%) | AUC |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  fmt = lambda m, scale=1: (f"{m['mean'] * scale:.2f} ± {m['sem'] * scale:.2f}" if m else "")
+  for r in report["results"]:
+    lines.append(f"| {r['method']} | {r['label_fraction']:g} | {r['operator']} | "
+                 f"{fmt(r['top1'])} | {fmt(r.get('top5'))} | {fmt(r.get('auc'))} |")
+  if report["agreement"]:
+    lines += ["", "| operator | cosine (trained) | retrieval@1 (trained) | cosine (initial) | "
+              "retrieval@1 (initial) |", "| --- | --- | --- | --- | --- |"]
+    for op, a in report["agreement"].items():
+      lines.append(f"| {op} | {a['trained']['cosine']:.3f} | {a['trained']['retrieval_at_1']:.3f} "
+                   f"| {a['initial']['cosine']:.3f} | {a['initial']['retrieval_at_1']:.3f} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str, report: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown_table(report))
+
+
+STAGE_FUNCTIONS = {"cache": run_cache, "student": run_student, "probe": run_probe,
+                   "baseline": run_baseline, "eval": run_eval}
+
+
+def run_stages(config, workdir: str, mesh=None) -> dict[str, Any]:
+  """Runs `config.stages` in order, skipping those finished before (their done.json)."""
+  ctx = Context(config=config, workdir=workdir, mesh=mesh or sharding.make_mesh())
+  summaries = {}
+  for stage in config.stages:
+    done_path = os.path.join(workdir, stage, "done.json")
+    if os.path.exists(done_path):
+      logging.info("stage %s: finished before, skipped (%s)", stage, done_path)
+      with open(done_path) as f:
+        summaries[stage] = json.load(f)
+      continue
+    logging.info("stage %s: starting", stage)
+    start = time.perf_counter()
+    summary = {"summary": STAGE_FUNCTIONS[stage](ctx), "seconds": time.perf_counter() - start}
+    ctx.writer.write_scalars(0, {f"time/{stage}_seconds": summary["seconds"]})
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(done_path), exist_ok=True)
+      with open(done_path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+      os.replace(done_path + ".tmp", done_path)
+    summaries[stage] = summary
+  ctx.writer.close()
+  return summaries
