@@ -1,19 +1,24 @@
 """Teacher-embedding cache: build, resume, fingerprints, hosts/devices, object stores."""
 
+import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
 from rrjax import sharding
-from rrjax.cache import TeacherCache, build, build_cache, cache_fingerprint, store, verify_cache
+from rrjax.cache import (TeacherCache, build, build_cache, cache_fingerprint, from_config,
+                         store, verify_cache)
+from rrjax.data import sources
+from rrjax.data.pipeline import TrainLoader
+from rrjax.data.synthetic import make_image_folder
 from rrjax.data.views import ViewSpec
 
 IMAGE_SIZE = 16
@@ -44,6 +49,12 @@ class LinearTeacher:
     return self.apply(self.params, jnp.asarray(images))
 
 
+def linear_teacher_factory(cfg):
+  """`teacher.factory = "test_cache:linear_teacher_factory"` (tests/ on PYTHONPATH)."""
+  del cfg
+  return LinearTeacher()
+
+
 class EmbedOnlyTeacher:
   """A plug-in with `embed` only (no params/apply): called as it is, in numpy."""
   image_size, dim, fingerprint = IMAGE_SIZE, 3, "mean-colour"
@@ -70,13 +81,13 @@ class ListSource:
 
 def _build(teacher, source, path, **overrides):
   kwargs = dict(view_spec=VIEW_SPEC, views=VIEWS, seed=0, batch_size=BATCH,
-                dataset_id="list:test", num_workers=2)
+                dataset={"name": "list", "split": "test"}, num_workers=2)
   kwargs.update(overrides)
   return build_cache(teacher, source, str(path), **kwargs)
 
 
 def _fingerprint(teacher, source, **overrides):
-  kwargs = dict(dataset_id="list:test", num_examples=len(source),
+  kwargs = dict(dataset={"name": "list", "split": "test"}, num_examples=len(source),
                 preprocessing=VIEW_SPEC.as_dict(), seed=0, views=VIEWS, dtype="float16")
   kwargs.update(overrides)
   return cache_fingerprint(teacher, **kwargs)
@@ -236,3 +247,168 @@ def test_verify_detects_a_wrong_cache(reference, teacher, source):
   wrong_seed = verify_cache(cache, teacher, source, view_spec=VIEW_SPEC, seed=5,
                             num_samples=8)
   assert not wrong_seed["ok"]
+
+
+# ---------------------------------------------------------------------------------------
+# Configs, the command line and real teachers/sources.
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(TESTS_DIR)
+CONFIG_TEMPLATE = """
+from rrjax.config import base_config
+
+def get_config():
+  c = base_config()
+  c.data.source, c.data.name, c.data.root, c.data.wnids = "folder", "synthetic", {root!r}, ""
+  c.data.image_size, c.data.resize_size, c.data.num_workers = {size}, {size} + 2, 2
+  c.teacher.kind, c.teacher.name, c.teacher.factory = {kind!r}, {name!r}, {factory!r}
+  c.cache.path, c.cache.num_views, c.cache.batch_size = {cache!r}, 2, 8
+  return c
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  """20 training images (2 classes x 10), 24..40 pixels a side."""
+  root = tmp_path_factory.mktemp("folder")
+  return str(make_image_folder(str(root), num_classes=2, per_class=10, splits=("train",),
+                               size=32, seed=0))
+
+
+def _write_config(directory, folder, cache, *, kind="python", name="",
+                  factory="test_cache:linear_teacher_factory", size=IMAGE_SIZE):
+  path = os.path.join(directory, "cache_config.py")
+  with open(path, "w") as f:
+    f.write(CONFIG_TEMPLATE.format(root=folder, size=size, kind=kind, name=name,
+                                   factory=factory, cache=str(cache)))
+  return path
+
+
+def _load_config(path):
+  spec = importlib.util.spec_from_file_location("cache_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _cli(command, config_file, *extra, env=None, **popen):
+  args = [sys.executable, "-m", "rrjax.cache", command, f"--config={config_file}", *extra]
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, REPO_DIR]),
+         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir, **(env or {})}
+  return subprocess.Popen(args, cwd=REPO_DIR, env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, **popen)
+
+
+def _last_json(output):
+  return json.loads(output.strip().splitlines()[-1])
+
+
+def _files(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+  return out
+
+
+def test_killed_build_resumes_to_an_identical_cache(folder, tmp_path):
+  """SIGKILL the builder after chunk 1's data is written but before it is marked done;
+  the rerun recomputes exactly the unfinished chunks and gives the uninterrupted cache."""
+  config_file = _write_config(tmp_path, folder, tmp_path / "caches")
+  config = _load_config(config_file)
+  path = from_config.cache_path(config, "", "train", "train")
+  proc = _cli("build", config_file, env={build.HANG_ENV: "1"})
+  watchdog = threading.Timer(120, proc.kill)  # Never let a stuck builder hang the tests.
+  watchdog.start()
+  output = []
+  for line in proc.stdout:  # Ends at EOF if the builder exits instead of hanging.
+    output.append(line)
+    if build.HANG_MESSAGE in line:
+      break
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  watchdog.cancel()
+  assert build.HANG_MESSAGE in "".join(output), "".join(output)
+  # 20 examples in chunks of 8: chunk 0 done, chunk 1 written but not marked.
+  assert sorted(os.listdir(os.path.join(path, "done"))) == ["00000000"]
+  assert os.path.exists(os.path.join(path, "embeddings", "c", "1", "0", "0"))
+
+  inspect = _cli("inspect", "", f"--path={path}")
+  state = _last_json(inspect.communicate(timeout=120)[0])
+  assert (state["complete"], state["chunks_done"], state["num_chunks"],
+          state["rows_remaining"]) == (False, 1, 3, 12)
+  with pytest.raises(ValueError, match=r"incomplete: 12 of 20 examples"):
+    from_config.open_cache(config, "", LinearTeacher(),
+                           sources.build_source(config.data, "train"), split="train")
+
+  resumed = _cli("build", config_file)
+  out = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, out
+  report = _last_json(out)
+  assert (report["chunks_already_done"], report["chunks_computed"],
+          report["images_computed"]) == (1, 2, 12 * 2)
+
+  config.cache.path = str(tmp_path / "uninterrupted")
+  teacher, source = LinearTeacher(), sources.build_source(config.data, "train")
+  from_config.build_from_config(config, "", teacher, source, split="train")
+  reference = from_config.cache_path(config, "", "train", "train")
+  resumed_files, reference_files = _files(path), _files(reference)
+  assert sorted(resumed_files) == sorted(reference_files)
+  for name in reference_files:
+    assert resumed_files[name] == reference_files[name], name
+
+  verify = _cli("verify", config_file, "--num_samples=10")
+  out = verify.communicate(timeout=300)[0]
+  assert verify.returncode == 0, out
+  result = _last_json(out)
+  assert result["ok"] and result["num_checked"] == 10
+
+
+def test_config_fingerprint_names_what_changed(folder, tmp_path):
+  config = _load_config(_write_config(tmp_path, folder, tmp_path / "caches"))
+  teacher, source = LinearTeacher(), sources.build_source(config.data, "train")
+  from_config.build_from_config(config, "", teacher, source, split="train", view_set="eval")
+  cache = from_config.open_cache(config, "", teacher, source, split="train", view_set="eval")
+  assert cache.views == (0,) and cache.fingerprint["dataset.root"] == folder
+  with pytest.raises(FileNotFoundError, match="No teacher cache"):  # train views not built
+    from_config.open_cache(config, "", teacher, source, split="train")
+  config.data.crop_scale = (0.5, 1.0)
+  with pytest.raises(ValueError, match=r"preprocessing.scale: cache has \[0.08, 1.0\], "
+                                       r"expected \[0.5, 1.0\]"):
+    from_config.open_cache(config, "", teacher, source, split="train", view_set="eval")
+  config.data.crop_scale = (0.08, 1.0)
+  config.cache.dtype = "bfloat16"
+  with pytest.raises(ValueError, match=r"dtype: cache has 'float16', expected 'bfloat16'"):
+    from_config.open_cache(config, "", teacher, source, split="train", view_set="eval")
+  config.cache.path = ""
+  assert from_config.cache_path(config, "/work/dir", "val", "eval") == (
+      "/work/dir/teacher_cache/val/eval_views")
+  with pytest.raises(ValueError, match="cache.path is empty and no workdir"):
+    from_config.cache_path(config, "", "val", "eval")
+
+
+def test_tiny_clip_cache_is_the_online_teacher_on_the_loader_crops(folder, tmp_path):
+  """Online mode == cached mode: for the crops the training loader hands the student,
+  the cached targets equal the teacher applied to those crops now (float16 rounding)."""
+  from rrjax.teachers import build_teacher
+  from rrjax.teachers.hf_clip import create_tiny_clip
+  clip = create_tiny_clip(str(tmp_path / "clip"), image_size=32)
+  config = _load_config(_write_config(tmp_path, folder, tmp_path / "caches", kind="hf_clip",
+                                      name=clip, factory="", size=32))
+  config.teacher.mode = "online"
+  teacher, source = build_teacher(config.teacher), sources.build_source(config.data, "train")
+  from_config.build_from_config(config, "", teacher, source, split="train")
+  cache = from_config.open_cache(config, "", teacher, source, split="train")
+  loader = TrainLoader(source, global_batch_size=8, view=ViewSpec.from_config(config.data),
+                       num_views=config.cache.num_views, seed=config.seed, num_workers=2)
+  try:
+    for _ in range(2):
+      batch = next(loader)
+      online = np.asarray(teacher.embed(batch["image"]))
+      cached = cache.lookup(batch["id"], batch["view"])
+      scale = np.abs(online).max()
+      np.testing.assert_allclose(cached, online, rtol=0, atol=2 ** -10 * scale)
+  finally:
+    loader.close()

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -82,8 +82,9 @@ class TeacherForward:
 
 
 def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], seed: int,
-                batch_size: int, dataset_id: str, mesh=None, process_index: int | None = None,
-                process_count: int | None = None, dtype: str = "float16",
+                batch_size: int, dataset: Mapping[str, Any], mesh=None,
+                process_index: int | None = None, process_count: int | None = None,
+                dtype: str = "float16",
                 chunk_rows: int | None = None, overwrite: bool = False,
                 num_workers: int | None = None, prefetch: int = 4) -> BuildReport:
   """Computes this process's share of the cache at `path`, skipping finished chunks.
@@ -96,7 +97,7 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
     views: view indices to store (0 = eval view, 1..V = training views).
     seed: the view seed (the same one the training pipeline uses).
     batch_size: images per device batch (all local devices together).
-    dataset_id: identity of the source (dataset, root, split) for the fingerprint.
+    dataset: identity of the source (name, root, split, ...) for the fingerprint.
     mesh: a mesh of this process's devices (default: all local devices).
     process_index, process_count: this process's share (default: JAX's).
     dtype: storage dtype, "float16" (default), "bfloat16" or "float32".
@@ -115,7 +116,7 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
                      f"data.image_size={teacher.image_size}.")
   num_examples = len(source)
   if num_examples == 0:
-    raise ValueError(f"The source for dataset {dataset_id!r} is empty; nothing to cache.")
+    raise ValueError(f"The source of dataset {dict(dataset)} is empty; nothing to cache.")
   mesh = sharding.make_mesh(jax.local_devices()) if mesh is None else mesh
   if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
     raise ValueError("build_cache needs a mesh of this process's own devices "
@@ -127,7 +128,7 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
   fingerprint = store.cache_fingerprint(
-      teacher, dataset_id=dataset_id, num_examples=num_examples,
+      teacher, dataset=dataset, num_examples=num_examples,
       preprocessing=view_spec.as_dict(), seed=seed, views=views, dtype=dtype)
 
   kvstore = store.open_kvstore(path)

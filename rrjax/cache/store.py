@@ -40,13 +40,15 @@ BUILD_HINT = "python -m rrjax.cache build --config=<your config>"
 _CONTEXT = ts.Context({"cache_pool": {"total_bytes_limit": 64 << 20}})
 
 
-def cache_fingerprint(teacher, *, dataset_id: str, num_examples: int,
+def cache_fingerprint(teacher, *, dataset: Mapping[str, Any], num_examples: int,
                       preprocessing: Mapping[str, Any], seed: int, views: Iterable[int],
                       dtype: str) -> dict[str, Any]:
   """Everything the stored embeddings depend on, as a flat JSON-able dict.
 
-  `preprocessing` is the view settings (`ViewSpec.as_dict()`); each of its fields is its
-  own key so that a mismatch names the exact setting.
+  `dataset` names the examples (source, name, root, split, ...; see
+  `from_config.dataset_identity`) and `preprocessing` is the view settings
+  (`ViewSpec.as_dict()`); each of their fields is its own key (`dataset.split`,
+  `preprocessing.size`, ...) so that a mismatch names the exact setting.
   """
   views = check_views(views)
   check_dtype(dtype)
@@ -55,12 +57,12 @@ def cache_fingerprint(teacher, *, dataset_id: str, num_examples: int,
       "teacher": str(teacher.fingerprint),
       "teacher_image_size": int(teacher.image_size),
       "teacher_dim": int(teacher.dim),
-      "dataset": str(dataset_id),
       "num_examples": int(num_examples),
       "seed": int(seed),
       "views": list(views),
       "dtype": dtype,
   }
+  fingerprint.update({f"dataset.{k}": v for k, v in sorted(dataset.items())})
   fingerprint.update({f"preprocessing.{k}": v for k, v in sorted(preprocessing.items())})
   # Round-trip so tuples become lists and the dict compares equal to one read from JSON.
   return json.loads(json.dumps(fingerprint))
