@@ -260,3 +260,24 @@ def test_shard_ranges_and_build_source_errors():
     sources.build_source(_data_cfg(source="hdf5"), "train")
   with pytest.raises(ValueError, match="data.name"):
     sources.build_source(_data_cfg(source="tfds", name=""), "train")
+
+
+def test_imagenet_label_names_cover_the_wnid_lists():
+  """The wnid restriction of the real tfds ImageNet datasets finds every class."""
+  needed = (set(sources.load_wnids("imagenet100")) | set(sources.load_wnids("imagenet100b"))
+            | set(sources.OUT_OF_CLASS_RELABEL))
+  for name in ("imagenet2012", "imagenet2012_corrupted/gaussian_noise_3"):
+    assert needed <= set(tfds.builder(name).info.features["label"].names)
+
+
+def test_grayscale_and_palette_files_become_rgb(tmp_path):
+  class_dir = tmp_path / "train" / "xray"
+  class_dir.mkdir(parents=True)
+  gray = np.arange(35, dtype=np.uint8).reshape(5, 7)
+  Image.fromarray(gray, mode="L").save(class_dir / "a.png")
+  Image.fromarray(np.stack([gray] * 3, -1)).convert("P").save(class_dir / "b.png")
+  (class_dir / "notes.txt").write_text("not an image")
+  source = sources.ImageFolderSource(str(tmp_path), "train")
+  assert len(source) == 2
+  np.testing.assert_array_equal(source[0]["image"], np.stack([gray] * 3, -1))
+  assert source[1]["image"].shape == (5, 7, 3) and source[1]["image"].dtype == np.uint8
