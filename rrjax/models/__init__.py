@@ -1,0 +1,65 @@
+"""Students and supervised baselines: `build_model(cfg, num_outputs)`, `init_variables`.
+
+`cfg` is the `config.student` ConfigDict: `model` (a ResNet preset or "clip_vit"),
+`init` ("random", "imagenet:<hub id or local dir>", "teacher") and `dtype`
+("float32" | "bfloat16" | "float16", the compute dtype; parameters stay float32).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rrjax.models import pretrained, resnet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+MODEL_NAMES = (*resnet.PRESETS, "clip_vit")
+_IMAGENET = "imagenet:"
+
+
+def parse_dtype(name: str, field: str = "student.dtype"):
+  if name not in DTYPES:
+    raise ValueError(f"{field}={name!r}; choose one of {list(DTYPES)}.")
+  return DTYPES[name]
+
+
+def _check_resnet_init(init: str) -> None:
+  if init == "random" or (init.startswith(_IMAGENET) and len(init) > len(_IMAGENET)):
+    return
+  raise ValueError(
+      f"student.init={init!r} for a ResNet student; use 'random' or 'imagenet:<hub id or local "
+      "dir>' (e.g. 'imagenet:microsoft/resnet-101'); init='teacher' needs student.model='clip_vit'.")
+
+
+def build_model(cfg, num_outputs: int) -> nn.Module:
+  """The student/baseline module: `apply(variables, images01, train=..., mutable=...)`
+  -> `(outputs [B, num_outputs] float32, aux with "pre_logits")`."""
+  if not isinstance(num_outputs, int) or num_outputs <= 0:
+    raise ValueError(f"num_outputs={num_outputs!r} must be a positive int (teacher dim or classes).")
+  if cfg.model == "clip_vit":
+    from rrjax.models import clip_vit  # Imported only when used: it pulls in transformers.
+    return clip_vit.build(cfg, num_outputs)
+  if cfg.model in resnet.PRESETS:
+    _check_resnet_init(cfg.init)
+    return resnet.resnet(cfg.model, num_outputs, parse_dtype(cfg.dtype))
+  raise ValueError(f"student.model={cfg.model!r}; choose one of {list(MODEL_NAMES)}.")
+
+
+def init_variables(cfg, module: nn.Module, rng, image_size: int) -> dict:
+  """Initial variables of `module` (from `build_model(cfg, ...)`) as `cfg.init` says.
+
+  ResNets: "random" or "imagenet:<name>" (backbone from the checkpoint, head random).
+  """
+  if cfg.model == "clip_vit":
+    from rrjax.models import clip_vit
+    return clip_vit.init_variables(cfg, module, rng, image_size)
+  _check_resnet_init(cfg.init)
+  # Read the checkpoint first: a wrong name or architecture fails before the compile.
+  backbone = (pretrained.load_imagenet_resnet(cfg.init[len(_IMAGENET):], module)
+              if cfg.init.startswith(_IMAGENET) else None)
+  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = jax.jit(functools.partial(module.init, train=False))(rng, images)
+  return variables if backbone is None else pretrained.with_backbone(variables, backbone)
