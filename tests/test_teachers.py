@@ -216,6 +216,11 @@ def test_from_pt_loads_pytorch_weights(teacher, reference, clip_dir, images, tmp
   loaded = build_teacher(teacher_config(name=str(pt_dir), from_pt=True))
   np.testing.assert_array_equal(loaded.embed(images), teacher.embed(images))
   assert loaded.fingerprint != teacher.fingerprint  # Different weight files.
+  # PyTorch-only checkpoints (common on the hub) load without from_pt too.
+  np.testing.assert_array_equal(build_teacher(teacher_config(name=str(pt_dir))).params[
+      "visual_projection"]["kernel"], teacher.params["visual_projection"]["kernel"])
+  with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    build_teacher(teacher_config(name=clip_dir, from_pt=True))
 
 
 def test_build_teacher_rejects_bad_config(tmp_path):

@@ -42,7 +42,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, FlaxCLIPModel  # noqa: 
 from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax  # noqa: E402
 from transformers.models.clip.configuration_clip import CLIPVisionConfig  # noqa: E402
 from transformers.models.clip.modeling_flax_clip import FlaxCLIPVisionTransformer  # noqa: E402
-from transformers.utils import SAFE_WEIGHTS_NAME, cached_file  # noqa: E402
+from transformers.utils import (  # noqa: E402
+    FLAX_WEIGHTS_INDEX_NAME, FLAX_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, cached_file)
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 
 from rrjax import models  # noqa: E402
@@ -136,8 +137,14 @@ def parameter_shapes(model: FlaxCLIPModel):
 
 
 def load_clip(name_or_path: str, *, from_pt: bool = False):
-  """(FlaxCLIPModel, float32 params) without a throw-away random initialisation."""
-  if not from_pt:
+  """(FlaxCLIPModel, float32 params) without a throw-away random initialisation.
+
+  PyTorch weights (model.safetensors) are read when `from_pt` is set or when the
+  checkpoint has no Flax weights (many hub CLIPs ship PyTorch weights only)."""
+  has_flax_weights = any(
+      cached_file(name_or_path, f, _raise_exceptions_for_missing_entries=False) is not None
+      for f in (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME))
+  if has_flax_weights and not from_pt:
     model, params = FlaxCLIPModel.from_pretrained(name_or_path, _do_init=False)
   else:
     model = FlaxCLIPModel(CLIPConfig.from_pretrained(name_or_path), _do_init=False)
@@ -147,14 +154,16 @@ def load_clip(name_or_path: str, *, from_pt: bool = False):
 
 def _load_pytorch_safetensors(name_or_path: str, model: FlaxCLIPModel) -> dict:
   """PyTorch-format CLIP weights (model.safetensors) converted by transformers' own
-  converter. transformers refuses from_pt together with _do_init=False (it reads the
-  random parameters only for their shapes), so the converter gets the shapes alone:
-  no eager random initialisation, which takes seconds even for a tiny model."""
+  converter. transformers refuses PyTorch weights together with _do_init=False (it
+  reads the random parameters only for their shapes), so the converter gets the
+  shapes alone: no eager random initialisation, which takes seconds even for a tiny
+  model."""
   path = cached_file(name_or_path, SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False)
   if path is None:
     raise FileNotFoundError(
-        f"{name_or_path!r} has no {SAFE_WEIGHTS_NAME}; from_pt reads PyTorch weights in "
-        "safetensors format only (torch is not a dependency).")
+        f"{name_or_path!r} has no {SAFE_WEIGHTS_NAME} (nor Flax weights unless from_pt); "
+        "PyTorch weights are read in single-file safetensors format only (torch is not a "
+        "dependency).")
   with safe_open(path, framework="numpy") as f:
     tensors = {key: f.get_tensor(key) for key in f.keys()}
   shapes = parameter_shapes(model)
@@ -236,13 +245,19 @@ def init_variables(cfg, module: CLIPImageEncoder, rng, image_size: int) -> dict:
   return jax.jit(functools.partial(module.init, train=False))(rng, images)
 
 
+def _shapes(tree) -> dict:
+  return {jax.tree_util.keystr(path): np.shape(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _check_same_structure(student, original, where: str) -> None:
-  shapes = lambda tree: jax.tree_util.tree_flatten_with_path(
-      jax.tree.map(np.shape, tree))[0]
-  if shapes(student) != shapes(original):
+  student, original = _shapes(student), _shapes(original)
+  if student != original:
+    differing = sorted(k for k in student.keys() | original.keys()
+                       if student.get(k) != original.get(k))
     raise ValueError(f"{where}: the student's parameters do not have the shapes of the "
-                     "checkpoint's image tower; export with the checkpoint the student was "
-                     "built from.")
+                     f"checkpoint's image tower (first differences: {differing[:3]}); export "
+                     "with the checkpoint the student was built from.")
 
 
 def export_hf_clip(variables, teacher_name_or_path: str, out_dir: str, *,

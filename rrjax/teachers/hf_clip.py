@@ -85,8 +85,7 @@ class HFCLIPTeacher:
     return self.encoder.apply({"params": params}, images.astype(jnp.float32) / 255.0)[0]
 
   def embed(self, images):
-    images = jnp.asarray(images)
-    if images.dtype != jnp.uint8 or images.shape[1:] != (self.image_size, self.image_size, 3):
+    if images.dtype != np.uint8 or images.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(f"{self.name}: embed takes uint8 images [B, {self.image_size}, "
                        f"{self.image_size}, 3], got {images.dtype} {images.shape}.")
     return self._embed(self.params, images)
