@@ -235,6 +235,9 @@ def test_bad_arguments_fail_before_any_work(teacher, source, tmp_path):
     _build(teacher, source, path, views=(2, 1))
   with pytest.raises(ValueError, match="cache.dtype='int8' must be one of"):
     _build(teacher, source, path, dtype="int8")
+  other = build.TeacherForward(LinearTeacher(seed=1), sharding.make_mesh())
+  with pytest.raises(ValueError, match="forward must be a TeacherForward of this teacher"):
+    _build(teacher, source, path, forward=other)
   assert not path.exists()
   with pytest.raises(FileNotFoundError, match="No teacher cache at"):
     TeacherCache.open(str(path))

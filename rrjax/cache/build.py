@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rrjax import sharding
 from rrjax.cache import store
@@ -62,7 +63,7 @@ class TeacherForward:
 
   def __init__(self, teacher, mesh):
     self.jitted = self.is_jittable(teacher)
-    self._teacher = teacher
+    self.teacher, self.mesh = teacher, mesh
     self._batch_sharding = sharding.data_sharding(mesh)
     if self.jitted:
       self._params = sharding.replicate(teacher.params, mesh)
@@ -78,13 +79,13 @@ class TeacherForward:
   def __call__(self, images):
     if self.jitted:
       return self._apply(self._params, images)
-    return self._teacher.embed(images)
+    return self.teacher.embed(images)
 
 
 def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], seed: int,
                 batch_size: int, dataset: Mapping[str, Any], mesh=None,
-                process_index: int | None = None, process_count: int | None = None,
-                dtype: str = "float16",
+                forward: TeacherForward | None = None, process_index: int | None = None,
+                process_count: int | None = None, dtype: str = "float16",
                 chunk_rows: int | None = None, overwrite: bool = False,
                 num_workers: int | None = None, prefetch: int = 4) -> BuildReport:
   """Computes this process's share of the cache at `path`, skipping finished chunks.
@@ -99,7 +100,11 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
     batch_size: images per device batch (all local devices together).
     dataset: identity of the source (name, root, split, ...) for the fingerprint.
     mesh: a mesh of this process's devices (default: all local devices).
-    process_index, process_count: this process's share (default: JAX's).
+    forward: a `TeacherForward(teacher, mesh)` already compiled (e.g. shared by several
+      builds, or warmed up by a benchmark); default: a new one on `mesh`.
+    process_index, process_count: this process's share. Default: JAX's processes, and
+      with several of them every process returns only when all have finished (so the
+      cache is complete for all); explicit values make independent jobs that don't wait.
     dtype: storage dtype, "float16" (default), "bfloat16" or "float32".
     chunk_rows: examples per chunk (unit of work and of resumption) for a new cache;
       default `batch_size`. An existing cache keeps its own.
@@ -117,12 +122,17 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
   num_examples = len(source)
   if num_examples == 0:
     raise ValueError(f"The source of dataset {dict(dataset)} is empty; nothing to cache.")
+  if forward is not None:
+    if forward.teacher is not teacher or (mesh is not None and mesh != forward.mesh):
+      raise ValueError("forward must be a TeacherForward of this teacher and mesh.")
+    mesh = forward.mesh
   mesh = sharding.make_mesh(jax.local_devices()) if mesh is None else mesh
   if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
     raise ValueError("build_cache needs a mesh of this process's own devices "
                      "(make_mesh(jax.local_devices())): hosts build independently.")
   if TeacherForward.is_jittable(teacher):
     sharding.check_batch_divisible(batch_size, mesh, "cache.batch_size")
+  wait_for_all = process_index is None and process_count is None and jax.process_count() > 1
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -145,7 +155,7 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
 
   start = time.perf_counter()
   writer = _ChunkWriter(kvstore, array, storage_dtype, num_examples, chunk_rows)
-  forward = TeacherForward(teacher, mesh)
+  forward = TeacherForward(teacher, mesh) if forward is None else forward
   num_workers = num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     images_computed = _run(
@@ -153,9 +163,12 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
         seed=seed, batch_size=batch_size, chunk_rows=chunk_rows, num_examples=num_examples,
         prefetch=prefetch, dim=teacher.dim)
   writer.drain()
+  seconds = time.perf_counter() - start
+  if wait_for_all:
+    multihost_utils.sync_global_devices(f"rrjax.cache.build_cache {path}")
   return BuildReport(path=path, num_chunks=num_chunks, chunks_this_process=len(mine),
                      chunks_already_done=len(mine) - len(todo), chunks_computed=len(todo),
-                     images_computed=images_computed, seconds=time.perf_counter() - start)
+                     images_computed=images_computed, seconds=seconds)
 
 
 def _create_or_resume(kvstore, path: str, fingerprint: dict, chunk_rows: int,

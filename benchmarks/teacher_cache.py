@@ -1,0 +1,151 @@
+"""Teacher-cache build speed next to the teacher's own forward speed, on the same devices.
+
+  python benchmarks/teacher_cache.py --teacher vit_b32 --num_images 256 --batch_size 64
+  python benchmarks/teacher_cache.py --teacher openai/clip-vit-base-patch32 --dtype bfloat16
+
+--teacher: "tiny" (the test-sized random CLIP), "vit_b32" (a randomly initialised
+CLIP ViT-B/32 image tower: the real teacher's shape and cost, no download), or a CLIP
+checkpoint directory / hub id. Generates a JPEG image folder (sides around
+--image_px), then prints images/s of
+- the teacher's pure forward: the jitted, sharded apply on a batch already on device;
+- decode + crop alone on the host threads (what the host can feed);
+- the cache build: decode, crop, transfer, forward, float16 storage, chunk writes;
+and the ratio build / forward (target: >= 0.8 on accelerators, where the host has
+enough cores to keep up; on a small CPU host the forward and the decoding share cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import tempfile
+import time
+
+os.environ.setdefault("USE_TORCH", "0")
+os.environ.setdefault("USE_TF", "0")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from transformers import CLIPConfig  # noqa: E402
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
+
+from rrjax import models, sharding  # noqa: E402
+from rrjax.cache import TeacherForward, build_cache  # noqa: E402
+from rrjax.data import sources, synthetic, views  # noqa: E402
+from rrjax.models import clip_vit  # noqa: E402
+from rrjax.teachers import build_teacher  # noqa: E402
+from rrjax.teachers.hf_clip import create_tiny_clip  # noqa: E402
+
+
+@dataclasses.dataclass
+class RandomCLIPViTB32:
+  """CLIP ViT-B/32's image tower (224px, patch 32, width 768, 12 layers, dim 512) with
+  random weights, behind the teacher interface: the real teacher's cost, offline."""
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    config = CLIPConfig(
+        vision_config=dict(image_size=224, patch_size=32, hidden_size=768,
+                           intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12), projection_dim=512)
+    spec = clip_vit.CLIPCheckpointSpec(name="random-vit-b32", config=config, image_size=224,
+                                       mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    self.image_size, self.dim, self.fingerprint = 224, 512, f"random-vit-b32-{self.dtype}"
+    compute = models.parse_dtype(self.dtype, "--dtype")
+    self.encoder = clip_vit.encoder_from_spec(spec, compute)
+    shapes = jax.eval_shape(self.encoder.init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, 224, 224, 3)))["params"]
+    rng = np.random.default_rng(0)  # Random numpy weights: no init to compile.
+    self.params = jax.tree.map(
+        lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), compute), shapes)
+    self._embed = jax.jit(self.apply)
+
+  def apply(self, params, images):
+    return self.encoder.apply({"params": params}, images.astype(jnp.float32) / 255.0)[0]
+
+  def embed(self, images):
+    return self._embed(self.params, jnp.asarray(images))
+
+
+def make_teacher(name: str, dtype: str, workdir: str):
+  if name == "vit_b32":
+    return RandomCLIPViTB32(dtype)
+  if name == "tiny":
+    name = create_tiny_clip(os.path.join(workdir, "tiny_clip"), image_size=32)
+  return build_teacher(ml_collections.ConfigDict(
+      {"kind": "hf_clip", "name": name, "dtype": dtype, "from_pt": False, "mode": "online"}))
+
+
+def forward_images_per_s(forward: TeacherForward, batch_size: int, image_size: int,
+                         num_batches: int) -> float:
+  """Throughput of the forward alone: one batch already on device, compiled, repeated."""
+  images = np.random.default_rng(0).integers(0, 256, (batch_size, image_size, image_size, 3),
+                                             dtype=np.uint8)
+  on_device = forward.put(images)
+  jax.block_until_ready(forward(on_device))  # Compile.
+  start = time.perf_counter()
+  outputs = [forward(on_device) for _ in range(num_batches)]
+  jax.block_until_ready(outputs)
+  return num_batches * batch_size / (time.perf_counter() - start)
+
+
+def host_images_per_s(source, spec: views.ViewSpec, num_workers: int) -> float:
+  """Decode + crop of view 1 of every example on `num_workers` threads, nothing else."""
+  def one(i):
+    return spec(source[i]["image"], seed=0, example_id=i, view_index=1)
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    start = time.perf_counter()
+    count = sum(1 for _ in pool.map(one, range(len(source))))
+  return count / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--teacher", default="vit_b32")
+  parser.add_argument("--dtype", default="float32", help="teacher compute dtype")
+  parser.add_argument("--num_images", type=int, default=256)
+  parser.add_argument("--image_px", type=int, default=320, help="source image side")
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--num_views", type=int, default=1, help="training views cached")
+  parser.add_argument("--forward_batches", type=int, default=4)
+  parser.add_argument("--num_workers", type=int, default=os.cpu_count())
+  parser.add_argument("--workdir", default="")
+  args = parser.parse_args()
+  workdir = args.workdir or tempfile.mkdtemp(prefix="rrjax_cache_bench_")
+
+  teacher = make_teacher(args.teacher, args.dtype, workdir)
+  folder = os.path.join(workdir, f"folder_{args.num_images}_{args.image_px}")
+  if not os.path.isdir(folder):
+    synthetic.make_image_folder(folder, num_classes=4, per_class=-(-args.num_images // 4),
+                                splits=("train",), size=args.image_px, seed=0)
+  source = sources.ImageFolderSource(folder, "train")
+  spec = views.ViewSpec(size=teacher.image_size,
+                        resize_size=teacher.image_size * 256 // 224)
+  forward = TeacherForward(teacher, sharding.make_mesh(jax.local_devices()))
+
+  forward_rate = forward_images_per_s(forward, args.batch_size, teacher.image_size,
+                                      args.forward_batches)
+  host_rate = host_images_per_s(source, spec, args.num_workers)
+  report = build_cache(teacher, source, os.path.join(workdir, f"cache_{time.time_ns()}"),
+                       view_spec=spec, views=range(1, args.num_views + 1), seed=0,
+                       batch_size=args.batch_size, dataset={"name": folder},
+                       forward=forward, num_workers=args.num_workers)
+
+  devices = jax.local_devices()
+  print(f"teacher {args.teacher} ({args.dtype}, {teacher.image_size}px, dim {teacher.dim}) "
+        f"on {len(devices)} x {devices[0].device_kind}; batch {args.batch_size}; "
+        f"{len(source)} JPEGs of ~{args.image_px}px x {args.num_views} view(s); "
+        f"{args.num_workers} host threads, {os.cpu_count()} CPUs")
+  print(f"{'teacher forward (on device)':32s} {forward_rate:10.1f} images/s")
+  print(f"{'host decode + crop':32s} {host_rate:10.1f} images/s")
+  print(f"{'cache build':32s} {report.images_per_s:10.1f} images/s "
+        f"({report.images_computed} images in {report.seconds:.1f} s)")
+  print(f"{'build / forward':32s} {report.images_per_s / forward_rate:10.2f}")
+
+
+if __name__ == "__main__":
+  main()
