@@ -160,8 +160,7 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     images_computed = _run(
         pool, forward, writer, source, todo, views=views, view_spec=view_spec,
-        seed=seed, batch_size=batch_size, chunk_rows=chunk_rows, num_examples=num_examples,
-        prefetch=prefetch, dim=teacher.dim)
+        seed=seed, batch_size=batch_size, prefetch=prefetch, dim=teacher.dim)
   writer.drain()
   seconds = time.perf_counter() - start
   if wait_for_all:
@@ -238,7 +237,7 @@ class _ChunkWriter:
     future = self._array[start:stop].write(embeddings.astype(self._dtype))
     self._pending.append((chunk, future))
     # Keep at most two writes in flight; mark whatever has already landed.
-    while self._pending and (len(self._pending) > 2 or self._pending[0][1].done()):
+    while self._pending and (len(self._pending) > 2 or self._pending[0][1].commit.done()):
       self._finish_oldest()
 
   def drain(self) -> None:
@@ -265,19 +264,24 @@ def _example_views(source, row: int, views: Sequence[int], view_spec, seed: int)
                    for v in views])
 
 
-def _chunk_batches(chunk: int, rows: range, views: Sequence[int],
-                   batch_size: int) -> Iterator[tuple[int, int, list[tuple[int, list[int]]]]]:
+def _chunk_batches(rows: range, views: Sequence[int],
+                   batch_size: int) -> tuple[int, Iterator[list[tuple[int, list[int]]]]]:
   """Splits a chunk's (row, view) pairs, row-major, into batches of `batch_size` pairs.
 
-  Yields (chunk, number of batches in the chunk, [(row, [views of row in batch]), ...]).
+  Returns the number of batches and an iterator over them, each batch given as
+  [(row, [views of that row in the batch]), ...], so a row is decoded once per batch.
   """
   pairs = [(r, v) for r in rows for v in views]
   num_batches = -(-len(pairs) // batch_size)
-  for b in range(num_batches):
-    groups: dict[int, list[int]] = {}
-    for r, v in pairs[b * batch_size:(b + 1) * batch_size]:
-      groups.setdefault(r, []).append(v)
-    yield chunk, num_batches, list(groups.items())
+
+  def batches():
+    for b in range(num_batches):
+      groups: dict[int, list[int]] = {}
+      for r, v in pairs[b * batch_size:(b + 1) * batch_size]:
+        groups.setdefault(r, []).append(v)
+      yield list(groups.items())
+
+  return num_batches, batches()
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:
@@ -291,17 +295,15 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
 
 
 def _run(pool, forward: TeacherForward, writer: _ChunkWriter, source, todo: list[int], *,
-         views, view_spec, seed: int, batch_size: int, chunk_rows: int, num_examples: int,
-         prefetch: int, dim: int) -> int:
+         views, view_spec, seed: int, batch_size: int, prefetch: int, dim: int) -> int:
   """The build loop; returns the number of images embedded."""
   def host_batches():
     for chunk in todo:
-      start, stop = writer.rows(chunk)
-      for chunk_, num_batches, groups in _chunk_batches(chunk, range(start, stop), views,
-                                                        batch_size):
+      num_batches, batches = _chunk_batches(range(*writer.rows(chunk)), views, batch_size)
+      for groups in batches:
         futures = [pool.submit(_example_views, source, row, vs, view_spec, seed)
                    for row, vs in groups]
-        yield chunk_, num_batches, futures
+        yield chunk, num_batches, futures
 
   buffers: dict[int, list[np.ndarray]] = {}
   in_flight: collections.deque = collections.deque()
