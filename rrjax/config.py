@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.08, 1.0)
   c.data.crop_ratio = (3 / 4, 4 / 3)
   c.data.view_mode = "crop"         # "crop" (ImageNet-style) | "resize" (CIFAR/STL)
+  c.data.out_of_class = False       # SPEC E5: 5 unseen classes relabelled to ImageNet-100
   c.data.skip_corrupt = False
   c.data.num_workers = 8
 
@@ -56,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.model = "resnet101"     # resnet18|34|50|101|152 | clip_vit
   c.student.init = "random"         # "random" | "imagenet:<hub id or dir>" | "teacher"
   c.student.dtype = "float32"       # compute dtype; parameters stay float32
+  c.student.width = 64              # ResNet stem/stage-1 width (64 = torchvision)
   c.student.teacher_name = ""       # clip_vit only: checkpoint to copy ("" = teacher.name)
 
   c.operator = ml_collections.ConfigDict({"kind": "mask", "p": 0.9})
@@ -85,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.baseline.model = "resnet101"
   c.baseline.init = "imagenet:microsoft/resnet-101"
   c.baseline.dtype = "float32"
+  c.baseline.width = 64
   c.baseline.batch_size = 64
   c.baseline.num_epochs = 25
   c.baseline.learning_rate = 1e-3
@@ -100,6 +103,40 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   return c
+
+
+def _parse_value(text: str):
+  """"0.9" -> 0.9, "0.5-0.95" -> (0.5, 0.95), "true" -> True, "21" -> 21, else the text."""
+  lowered = text.lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  for parse in (int, float):
+    try:
+      return parse(text)
+    except ValueError:
+      pass
+  low, sep, high = text.partition("-")
+  if sep:
+    try:
+      return (float(low), float(high))
+    except ValueError:
+      pass
+  return text
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """The `get_config(arg)` argument: "p=0.9,smoke" -> {p: 0.9, smoke: True, ...}.
+
+  A bare name sets a boolean; `a-b` is a range (a, b). Unknown names are rejected so a
+  typo in a command line is not silently ignored.
+  """
+  values = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, sep, text = item.partition("=")
+    if name not in defaults:
+      raise ValueError(f"config argument {name!r} is not one of {sorted(defaults)}.")
+    values[name] = _parse_value(text) if sep else True
+  return values
 
 
 def get_field(config: ml_collections.ConfigDict, dotted: str):

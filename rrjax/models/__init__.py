@@ -44,7 +44,8 @@ def build_model(cfg, num_outputs: int) -> nn.Module:
     return clip_vit.build(cfg, num_outputs)
   if cfg.model in resnet.PRESETS:
     _check_resnet_init(cfg.init)
-    return resnet.resnet(cfg.model, num_outputs, parse_dtype(cfg.dtype))
+    return resnet.resnet(cfg.model, num_outputs, parse_dtype(cfg.dtype),
+                         width=int(cfg.get("width", 64)))
   raise ValueError(f"student.model={cfg.model!r}; choose one of {list(MODEL_NAMES)}.")
 
 

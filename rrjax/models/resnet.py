@@ -150,12 +150,14 @@ class ResNet(nn.Module):
     return self.width * 2**(len(self.stage_sizes) - 1) * BLOCKS[self.block].expansion
 
 
-def resnet(name: str, num_outputs: int, dtype: Any = jnp.float32) -> ResNet:
-  """A torchvision-sized ResNet by preset name ("resnet18" ... "resnet152")."""
+def resnet(name: str, num_outputs: int, dtype: Any = jnp.float32, width: int = 64) -> ResNet:
+  """A ResNet by preset depth ("resnet18" ... "resnet152"); `width` 64 is torchvision's
+  size, smaller widths make the same architecture cheap (smoke configs, tests)."""
   if name not in PRESETS:
     raise ValueError(f"unknown ResNet {name!r}; choose one of {list(PRESETS)}.")
   block, stage_sizes = PRESETS[name]
-  return ResNet(stage_sizes=stage_sizes, block=block, num_outputs=num_outputs, dtype=dtype)
+  return ResNet(stage_sizes=stage_sizes, block=block, num_outputs=num_outputs, dtype=dtype,
+                width=width)
 
 
 def describe(module: ResNet) -> str:
