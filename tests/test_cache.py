@@ -1,5 +1,6 @@
 """Teacher-embedding cache: build, resume, fingerprints, hosts/devices, object stores."""
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -191,8 +192,15 @@ def test_two_hosts_give_the_same_cache_as_one(reference, teacher, source, tmp_pa
     partial.lookup([0], 1)
   second = _build(teacher, source, path, process_index=0, process_count=2)
   assert second.chunks_computed == 3
-  np.testing.assert_array_equal(TeacherCache.open(str(path)).to_numpy(),
-                                TeacherCache.open(str(reference[0])).to_numpy())
+  expected = TeacherCache.open(str(reference[0])).to_numpy()
+  np.testing.assert_array_equal(TeacherCache.open(str(path)).to_numpy(), expected)
+  # The same two hosts at the same time, racing to create the cache.
+  concurrent_path = tmp_path / "two_hosts_at_once"
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    reports = list(pool.map(lambda p: _build(teacher, source, concurrent_path, process_index=p,
+                                             process_count=2), [0, 1]))
+  assert [r.chunks_computed for r in reports] == [1, 1]
+  np.testing.assert_array_equal(TeacherCache.open(str(concurrent_path)).to_numpy(), expected)
 
 
 def test_sharded_build_equals_single_device_build(reference, teacher, source, tmp_path):
@@ -342,7 +350,8 @@ def test_killed_build_resumes_to_an_identical_cache(folder, tmp_path):
   state = _last_json(inspect.communicate(timeout=120)[0])
   assert (state["complete"], state["chunks_done"], state["num_chunks"],
           state["rows_remaining"]) == (False, 1, 3, 12)
-  with pytest.raises(ValueError, match=r"incomplete: 12 of 20 examples"):
+  with pytest.raises(ValueError, match=r"(?s)incomplete: 12 of 20 examples.*"
+                                       r"rrjax.cache build --config=<your config> --split=train`"):
     from_config.open_cache(config, "", LinearTeacher(),
                            sources.build_source(config.data, "train"), split="train")
 
@@ -375,6 +384,8 @@ def test_config_fingerprint_names_what_changed(folder, tmp_path):
   from_config.build_from_config(config, "", teacher, source, split="train", view_set="eval")
   cache = from_config.open_cache(config, "", teacher, source, split="train", view_set="eval")
   assert cache.views == (0,) and cache.fingerprint["dataset.root"] == folder
+  assert store.build_hint(cache.fingerprint) == (
+      "python -m rrjax.cache build --config=<your config> --split=train --views=eval")
   with pytest.raises(FileNotFoundError, match="No teacher cache"):  # train views not built
     from_config.open_cache(config, "", teacher, source, split="train")
   config.data.crop_scale = (0.5, 1.0)
@@ -385,6 +396,15 @@ def test_config_fingerprint_names_what_changed(folder, tmp_path):
   config.cache.dtype = "bfloat16"
   with pytest.raises(ValueError, match=r"dtype: cache has 'float16', expected 'bfloat16'"):
     from_config.open_cache(config, "", teacher, source, split="train", view_set="eval")
+  # An image folder is identified by its file list too: one more file, another data set.
+  extra = os.path.join(folder, "train", "class_000", "000099.jpg")
+  os.link(os.path.join(folder, "train", "class_000", "000000.jpg"), extra)
+  try:
+    grown = sources.build_source(config.data, "train")
+    assert (from_config.dataset_identity(config.data, "train", grown)["files_sha256"] !=
+            cache.fingerprint["dataset.files_sha256"])
+  finally:
+    os.remove(extra)
   config.cache.path = ""
   assert from_config.cache_path(config, "/work/dir", "val", "eval") == (
       "/work/dir/teacher_cache/val/eval_views")

@@ -80,6 +80,14 @@ def fingerprint_differences(found: Mapping[str, Any],
   return lines
 
 
+def build_hint(fingerprint: Mapping[str, Any]) -> str:
+  """The command that builds (or resumes) the cache with this fingerprint."""
+  hint = BUILD_HINT
+  if "dataset.split" in fingerprint:
+    hint += f" --split={fingerprint['dataset.split']}"
+  return hint + (" --views=eval" if fingerprint.get("views") == [0] else "")
+
+
 def check_views(views: Iterable[int]) -> tuple[int, ...]:
   views = tuple(int(v) for v in views)
   if not views or min(views) < 0 or list(views) != sorted(set(views)):
@@ -212,7 +220,7 @@ class TeacherCache:
           f"Teacher cache at {path} is incomplete: {cache.rows_remaining} of "
           f"{cache.num_examples} examples ({cache.num_chunks - cache.num_done_chunks} of "
           f"{cache.num_chunks} chunks) are not computed yet. Resume the build with "
-          f"`{BUILD_HINT}` (finished chunks are kept and skipped).")
+          f"`{build_hint(cache.fingerprint)}` (finished chunks are kept and skipped).")
     return cache
 
   @property
@@ -262,7 +270,8 @@ class TeacherCache:
     not_done = ~self._chunk_done[ids // self.chunk_rows]
     if not_done.any():
       raise ValueError(f"example ids {ids[not_done][:5].tolist()}... are in chunks the "
-                       f"build has not finished; resume it with `{BUILD_HINT}`.")
+                       f"build has not finished; resume it with "
+                       f"`{build_hint(self.fingerprint)}`.")
     columns = np.array([self._column[v] for v in views.tolist()], dtype=np.int64)
     rows = self._array.vindex[ids, columns].read().result()
     return np.asarray(rows, dtype=np.float32).reshape(len(ids), self.dim)
@@ -271,5 +280,5 @@ class TeacherCache:
     """The whole array [num_examples, len(views), dim] in the storage dtype."""
     if not self.is_complete:
       raise ValueError(f"Teacher cache at {self.path} is incomplete ({self.rows_remaining} "
-                       f"rows left); resume the build with `{BUILD_HINT}`.")
+                       f"rows left); resume the build with `{build_hint(self.fingerprint)}`.")
     return np.asarray(self._array.read().result())
