@@ -1,0 +1,1 @@
+"""Small command-line tools, each run as `python -m rrjax.tools.<name>`."""

@@ -1,0 +1,52 @@
+"""The operator grid tool writes a real, correctly laid out PNG."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rrjax import operators
+from rrjax.tools import show_operators
+
+SIZE = 32
+
+
+def tiles(path):
+  """The grid's image tiles in reading order (label strips cut off)."""
+  grid = np.asarray(Image.open(path).convert("RGB"))
+  strip = show_operators.label_height(SIZE)
+  rows, columns = grid.shape[0] // (SIZE + strip), grid.shape[1] // SIZE
+  return [grid[r * (SIZE + strip) + strip:(r + 1) * (SIZE + strip), c * SIZE:(c + 1) * SIZE]
+          for r in range(rows) for c in range(columns)]
+
+
+def test_writes_the_paper_grid_for_an_image(tmp_path):
+  pixels = np.random.default_rng(0).integers(20, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(tmp_path / "input.png")
+  out = tmp_path / "plots" / "grid.png"
+  show_operators.main(["--image", str(tmp_path / "input.png"), "--out", str(out),
+                       "--size", str(SIZE)])
+  with Image.open(out) as grid:
+    assert grid.format == "PNG"
+    assert grid.size == (3 * SIZE, 3 * (SIZE + show_operators.label_height(SIZE)))
+  clean, *corrupted = tiles(out)
+  np.testing.assert_array_equal(clean, pixels)  # Already SIZE x SIZE: no resampling.
+  # Tiles follow PAPER_SETTINGS: masks zero exactly floor(H*W*p) pixels (inputs are >= 20).
+  for tile, spec in zip(corrupted, operators.PAPER_SETTINGS):
+    zeroed = (tile == 0).all(-1).sum()
+    if spec["kind"] == "mask":
+      assert zeroed == math.floor(SIZE * SIZE * spec["p"])
+    else:
+      assert zeroed < SIZE * SIZE // 10 and not np.array_equal(tile, pixels)
+
+
+def test_generated_image_and_bad_arguments(tmp_path):
+  out = tmp_path / "grid.png"
+  show_operators.main(["--out", str(out), "--size", str(SIZE), "--columns", "9"])
+  with Image.open(out) as grid:
+    assert grid.size == (9 * SIZE, SIZE + show_operators.label_height(SIZE))
+  with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    show_operators.main(["--image", str(tmp_path / "missing.jpg"), "--out", str(out)])
+  with pytest.raises(ValueError, match="--size must be at least 19"):
+    show_operators.main(["--out", str(out), "--size", "16"])
