@@ -7,7 +7,6 @@ touches the network.
 import json
 import os
 import shutil
-import sys
 
 import jax
 import ml_collections
@@ -174,9 +173,13 @@ def test_preprocessing_constants_come_from_the_checkpoint(
   assert fallback.image_size == 32
   np.testing.assert_allclose(fallback.mean, [0.48145466, 0.4578275, 0.40821073])
   np.testing.assert_allclose(fallback.std, [0.26862954, 0.26130258, 0.27577711])
-  with pytest.raises(ValueError, match="crop_size"):
-    build_teacher(teacher_config(name=write_processor(
-        clip_dir, tmp_path / "crop", crop_size={"height": 48, "width": 48})))
+  unnormalised = build_teacher(teacher_config(
+      name=write_processor(clip_dir, tmp_path / "plain", do_normalize=False)))
+  assert unnormalised.mean == (0, 0, 0) and unnormalised.std == (1, 1, 1)
+  for i, crop_size in enumerate([{"height": 48, "width": 48}, 48]):
+    with pytest.raises(ValueError, match="crop_size"):
+      build_teacher(teacher_config(
+          name=write_processor(clip_dir, tmp_path / f"crop{i}", crop_size=crop_size)))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -300,7 +303,6 @@ def test_factory_module_that_fails_to_import(tmp_path, monkeypatch):
   monkeypatch.syspath_prepend(str(tmp_path))
   with pytest.raises(ValueError, match="cannot import .*rrjax_missing_dependency"):
     build_teacher(plugin_config("rrjax_broken_plugin:make"))
-  sys.modules.pop("rrjax_broken_plugin", None)
 
 
 def test_online_mode_needs_params_and_apply():
