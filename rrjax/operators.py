@@ -14,7 +14,7 @@ Operators are pure and jittable, and preserve shape and dtype. Kinds and fields:
                                 to [0, 1] (the paper does not clip)
   blur        kernel_size, sigma  separable normalised Gaussian (odd kernel_size), reflect
                                 padding that does not repeat the edge pixel
-                                (numpy "reflect" == scipy "mirror")
+                                (numpy "reflect" == scipy "mirror"), any image size
   block_mask  size              a zeroed size x size square at a uniformly random position
                                 (inpainting)
   downsample  factor            average over factor x factor blocks, then repeat each
@@ -280,16 +280,26 @@ def _gaussian_kernel(kernel_size: int, sigma) -> jax.Array:
   return g / g.sum()
 
 
-def _correlate_axis(image, kernel, axis: int):
-  """1-D correlation along `axis`, padding by reflection without repeating the edge."""
+def _reflect_index(index, size: int):
+  """Maps any integer index into [0, size) by mirroring about the edge pixels, without
+  repeating them (numpy "reflect", scipy "mirror"), however far outside it lies."""
+  period = max(2 * (size - 1), 1)
+  index = jnp.mod(index, period)
+  return jnp.where(index > size - 1, period - index, index)
+
+
+def _correlation_matrix(size: int, kernel) -> jax.Array:
+  """[size, size] matrix of 1-D correlation with `kernel` under reflect padding.
+
+  Row i holds the weight that output pixel i gives each input pixel. Blurring as one
+  matmul per axis is ~4x faster on CPU than shifted sums (far faster than grouped
+  convolutions), fits accelerators well, and lets every image have its own kernel.
+  """
   radius = (kernel.shape[0] - 1) // 2
-  padding = [(0, 0)] * image.ndim
-  padding[axis] = (radius, radius)
-  padded = jnp.pad(image, padding, mode="reflect")
-  size = image.shape[axis]
-  # A sum of shifted slices fuses into one pass and lets every image have its own kernel.
-  return sum(kernel[j] * jax.lax.slice_in_dim(padded, j, j + size, axis=axis)
-             for j in range(kernel.shape[0]))
+  taps = jnp.arange(size)[:, None] + jnp.arange(kernel.shape[0])[None, :] - radius
+  sources = _reflect_index(taps, size)  # [size, k]: the input pixel each tap reads.
+  # A dense sum, not a scatter-add: deterministic on every backend.
+  return jnp.sum(kernel[None, :, None] * (sources[..., None] == jnp.arange(size)), axis=1)
 
 
 def _blur(kernel_size: int, sigma: Level) -> Operator:
@@ -297,14 +307,12 @@ def _blur(kernel_size: int, sigma: Level) -> Operator:
   def apply_one(level_key, sample_key, image):
     del sample_key  # Only the level (when a range) is random.
     h, w, _ = image.shape
-    radius = kernel_size // 2
-    if min(h, w) <= radius:
-      raise ValueError(
-          f"blur kernel_size={kernel_size} needs images larger than {radius} pixels per "
-          f"side for reflect padding; got {h}x{w}. Use a smaller kernel_size.")
     kernel = _gaussian_kernel(kernel_size, _draw_level(level_key, sigma))
-    image = image.astype(jnp.float32)
-    return _correlate_axis(_correlate_axis(image, kernel, 0), kernel, 1)
+    # HIGHEST: float32 matmuls may otherwise run at reduced (TF32/bfloat16) precision.
+    rows = jnp.einsum("ij,jwc->iwc", _correlation_matrix(h, kernel),
+                      image.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("kw,iwc->ikc", _correlation_matrix(w, kernel), rows,
+                      precision=jax.lax.Precision.HIGHEST)
 
   return _per_image(apply_one)
 
@@ -382,8 +390,8 @@ def build(spec) -> Operator:
   """Returns `op(rng, images) -> images` for a spec (dict or ConfigDict; see module doc).
 
   Raises ValueError naming the bad field and its allowed values, before any tracing.
-  Image-dependent checks (blur kernel vs image size, downsample divisibility, block
-  size) raise ValueError when the operator first sees an image shape.
+  Image-dependent checks (downsample divisibility, block size) raise ValueError when the
+  operator first sees an image shape.
   """
   return _build_parsed(_parse(spec))
 

@@ -48,5 +48,5 @@ def test_generated_image_and_bad_arguments(tmp_path):
     assert grid.size == (9 * SIZE, SIZE + show_operators.label_height(SIZE))
   with pytest.raises(FileNotFoundError, match="missing.jpg"):
     show_operators.main(["--image", str(tmp_path / "missing.jpg"), "--out", str(out)])
-  with pytest.raises(ValueError, match="--size must be at least 19"):
-    show_operators.main(["--out", str(out), "--size", "16"])
+  with pytest.raises(ValueError, match="--size must be at least 1"):
+    show_operators.main(["--out", str(out), "--size", "0"])
