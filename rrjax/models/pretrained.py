@@ -1,19 +1,24 @@
 """Supervised ImageNet initialisation of ResNets from Hugging Face `microsoft/resnet-*`.
 
-transformers' FlaxResNetModel reads the checkpoint (flax_model.msgpack, or a
-model.safetensors written by PyTorch, converted without torch), then its variables are
-renamed into `rrjax.models.resnet.ResNet`'s layout. Both follow torchvision
-(v1.5 bottlenecks, 7x7/2 stem + max-pool), so the conversion is a pure renaming; the
-architecture is checked against the checkpoint's config before any weight is read.
-Only the backbone is imported: the head (embedding head or new classifier) stays fresh.
+The checkpoint (a hub id or a local directory) is read directly: flax_model.msgpack,
+or model.safetensors in PyTorch or Flax layout, so no torch is needed. rrjax does not
+go through FlaxResNetModel.from_pretrained for PyTorch weights because transformers
+4.x maps basic-block convs ("layer.0") to the wrong Flax names and silently leaves
+them randomly initialised (ResNet-18/34). Variables are renamed into
+`rrjax.models.resnet.ResNet`'s layout; both follow torchvision (v1.5 bottlenecks, 7x7/2
+stem + max-pool), so the conversion is a pure renaming. The architecture is checked
+against the checkpoint's config before any weight is read, and the weights must cover
+the whole backbone. The head (embedding head or new classifier) stays fresh.
 """
 
 from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -23,30 +28,63 @@ os.environ.setdefault("USE_TORCH", "0")
 os.environ.setdefault("USE_TF", "0")
 
 _HEAD = "head"
+_FLAX_WEIGHTS = "flax_model.msgpack"
+_SAFE_WEIGHTS = "model.safetensors"
+_TORCH_WEIGHTS = "pytorch_model.bin"
 
 
-def _rename(path: tuple[str, ...]) -> tuple[str, ...]:
-  """FlaxResNetModel variable path -> ResNet variable path (collection excluded)."""
+def _rename(path: tuple[str, ...]) -> tuple[str, ...] | None:
+  """Hugging Face ResNet variable path -> ResNet variable path (collection excluded);
+  None for entries outside the backbone (the ImageNet classifier)."""
   kinds = {"convolution": "conv", "normalization": "bn"}
   match path:
+    case ("resnet", *rest):  # ResNetForImageClassification checkpoints.
+      return _rename(tuple(rest))
+    case ("classifier", *_):
+      return None
     case ("embedder", "embedder", kind, leaf):
       return (f"stem_{kinds[kind]}", leaf)
     case ("encoder", "stages", stage, "layers", block, "shortcut", kind, leaf):
       return (f"layer{int(stage) + 1}_{block}", f"proj_{kinds[kind]}", leaf)
     case ("encoder", "stages", stage, "layers", block, "layer", index, kind, leaf):
-      # Bottleneck convs are named "0".."2" in transformers, basic-block convs "layer_0".."layer_1".
+      # Bottleneck convs are "0".."2" in transformers' Flax ResNet, basic-block convs
+      # "layer_0".."layer_1"; PyTorch names both "0", "1", ...
       number = int(index.removeprefix("layer_")) + 1
       return (f"layer{int(stage) + 1}_{block}", f"{kinds[kind]}{number}", leaf)
   raise ValueError(f"unexpected variable {'/'.join(path)} in a Hugging Face ResNet checkpoint.")
 
 
 def convert_hf_variables(hf_variables) -> dict:
-  """FlaxResNetModel's {"params", "batch_stats"} -> ResNet's backbone variables (float32)."""
-  return {
-      collection: unflatten_dict({
-          _rename(path): np.asarray(value, np.float32)
-          for path, value in flatten_dict(unfreeze(tree)).items()})
-      for collection, tree in hf_variables.items()}
+  """Hugging Face Flax ResNet variables {"params", "batch_stats"} (FlaxResNetModel's, or
+  with the "resnet" prefix and classifier of ResNetForImageClassification) -> ResNet's
+  backbone variables (float32 numpy)."""
+  converted = {}
+  for (collection, *path), value in flatten_dict(unfreeze(hf_variables)).items():
+    new_path = _rename(tuple(path))
+    if new_path is not None:
+      converted[(collection, *new_path)] = np.asarray(value, np.float32)
+  return unflatten_dict(converted)
+
+
+def pytorch_to_flax_layout(state_dict: dict) -> dict:
+  """A PyTorch ResNet state dict (dotted names, OIHW kernels, running_* statistics) ->
+  the equivalent nested Flax {"params", "batch_stats"} tree, names kept."""
+  flat = {}
+  for key, value in state_dict.items():
+    *path, leaf = key.split(".")
+    if leaf == "num_batches_tracked":
+      continue
+    if leaf in ("running_mean", "running_var"):
+      flat[("batch_stats", *path, leaf.removeprefix("running_"))] = value
+    elif leaf == "weight" and value.ndim == 4:
+      flat[("params", *path, "kernel")] = np.transpose(value, (2, 3, 1, 0))
+    elif leaf == "weight" and path[-1] == "normalization":
+      flat[("params", *path, "scale")] = value
+    elif leaf == "weight":  # Linear layers: only the classifier, dropped later.
+      flat[("params", *path, "kernel")] = np.transpose(value)
+    else:
+      flat[("params", *path, leaf)] = value
+  return unflatten_dict(flat)
 
 
 def _expected_config(module: resnet.ResNet) -> dict:
@@ -96,42 +134,74 @@ def _load_config(name_or_path: str):
         "downloadable.") from e
 
 
-def _load_hf_model(name_or_path: str, config):
-  """FlaxResNetModel with the checkpoint's weights.
+def _find(name_or_path: str, filename: str) -> str | None:
+  """Local path of `filename` in a directory or hub repo (downloaded if needed), or None."""
+  from transformers.utils import cached_file
+  return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False,
+                     _raise_exceptions_for_connection_errors=False)
 
-  from_pretrained itself reads flax_model.msgpack and model.safetensors (PyTorch-format
-  safetensors are converted without torch). Only a pytorch_model.bin needs `from_pt`,
-  and with it torch.
-  """
-  from transformers import FlaxResNetModel
-  # A small input shape keeps the throw-away random initialisation cheap; shapes of the
-  # parameters do not depend on it.
-  kwargs = dict(config=config, input_shape=(1, 32, 32, 3))
-  try:
-    return FlaxResNetModel.from_pretrained(name_or_path, **kwargs)
-  except OSError as e:
-    if "from_pt=True" not in str(e):
-      raise FileNotFoundError(f"cannot load ResNet weights from {name_or_path!r}: {e}") from e
-  try:
-    return FlaxResNetModel.from_pretrained(name_or_path, from_pt=True, **kwargs)
-  except ImportError as e:
+
+def _read_safetensors(path: str) -> dict:
+  from safetensors import safe_open
+  from safetensors.numpy import load_file
+  with safe_open(path, framework="numpy") as f:
+    layout = (f.metadata() or {}).get("format", "pt")
+  tensors = load_file(path)
+  if layout == "flax":  # transformers' Flax save_pretrained(safe_serialization=True).
+    return unflatten_dict({tuple(key.split(".")): value for key, value in tensors.items()})
+  if layout == "pt":
+    return pytorch_to_flax_layout(tensors)
+  raise ValueError(f"{path} holds {layout!r} weights; rrjax reads PyTorch or Flax safetensors.")
+
+
+def read_hf_checkpoint(name_or_path: str) -> dict:
+  """The nested {"params", "batch_stats"} of a Hugging Face ResNet checkpoint, in Flax
+  layout with transformers' names, from flax_model.msgpack or model.safetensors."""
+  if path := _find(name_or_path, _FLAX_WEIGHTS):
+    with open(path, "rb") as f:
+      return serialization.msgpack_restore(f.read())
+  if path := _find(name_or_path, _SAFE_WEIGHTS):
+    return _read_safetensors(path)
+  if _find(name_or_path, _TORCH_WEIGHTS):
     raise FileNotFoundError(
-        f"{name_or_path!r} has only PyTorch pickle weights (pytorch_model.bin), and reading "
-        "those needs torch, which rrjax does not install. Use a checkpoint that has "
-        "model.safetensors or flax_model.msgpack (re-save it with save_pretrained where torch "
-        "is available).") from e
+        f"{name_or_path!r} has only PyTorch pickle weights ({_TORCH_WEIGHTS}), and reading "
+        f"those needs torch, which rrjax does not install. Use a checkpoint with {_SAFE_WEIGHTS} "
+        f"or {_FLAX_WEIGHTS} (re-save it with save_pretrained where torch is available).")
+  raise FileNotFoundError(f"no {_FLAX_WEIGHTS} or {_SAFE_WEIGHTS} found for {name_or_path!r}.")
+
+
+def _backbone_shapes(module: resnet.ResNet) -> dict:
+  shapes = jax.eval_shape(lambda: module.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False))
+  return {path: x for path, x in flatten_dict(unfreeze(shapes)).items() if path[1] != _HEAD}
+
+
+def _check_fits(expected: dict, found: dict, what: str) -> None:
+  """Same variable paths and shapes, or a ValueError listing the first differences."""
+  missing, unexpected = set(expected) - set(found), set(found) - set(expected)
+  if missing or unexpected:
+    raise ValueError(
+        f"{what} do not fit the model: missing {sorted(map('/'.join, missing))[:5]}, "
+        f"unexpected {sorted(map('/'.join, unexpected))[:5]}.")
+  for path, value in found.items():
+    if value.shape != expected[path].shape:
+      raise ValueError(f"{'/'.join(path)} has shape {value.shape} in the {what} but "
+                       f"{expected[path].shape} in the model.")
 
 
 def load_imagenet_resnet(name_or_path: str, module: resnet.ResNet) -> dict:
   """Backbone variables {"params", "batch_stats"} of `module` from a HF ResNet checkpoint.
 
   `name_or_path` is a hub id (e.g. "microsoft/resnet-101") or a local directory. The
-  checkpoint's architecture must be `module`'s (ValueError naming both otherwise).
-  The result has no "head" entries.
+  checkpoint's architecture must be `module`'s (ValueError naming both otherwise) and
+  its weights must cover the whole backbone. The result has no "head" entries.
   """
   config = _load_config(name_or_path)
   check_architecture(config, module, name_or_path)
-  return convert_hf_variables(_load_hf_model(name_or_path, config).params)
+  backbone = convert_hf_variables(read_hf_checkpoint(name_or_path))
+  _check_fits(_backbone_shapes(module), flatten_dict(backbone),
+              f"weights of {name_or_path!r}")
+  return backbone
 
 
 def with_backbone(variables, backbone) -> dict:
@@ -139,20 +209,9 @@ def with_backbone(variables, backbone) -> dict:
   `backbone` (as from `load_imagenet_resnet`); the head is kept."""
   flat = flatten_dict(unfreeze(variables))
   new = flatten_dict(unfreeze(backbone))
-  expected = {path for path in flat if path[1] != _HEAD}
-  missing, unexpected = expected - set(new), set(new) - expected
-  if missing or unexpected:
-    raise ValueError(
-        f"backbone variables do not fit the model: missing {sorted(map('/'.join, missing))[:5]}, "
-        f"unexpected {sorted(map('/'.join, unexpected))[:5]}.")
+  _check_fits({path: x for path, x in flat.items() if path[1] != _HEAD}, new,
+              "backbone variables")
   for path, value in new.items():
-    if value.shape != flat[path].shape:
-      raise ValueError(f"{'/'.join(path)} has shape {value.shape} in the backbone but "
-                       f"{flat[path].shape} in the model.")
     flat[path] = jnp.asarray(value, flat[path].dtype)
   return unflatten_dict(flat)
 
-
-def init_from_imagenet(variables, name_or_path: str, module: resnet.ResNet) -> dict:
-  """`variables` with the backbone replaced by the ImageNet checkpoint `name_or_path`."""
-  return with_backbone(variables, load_imagenet_resnet(name_or_path, module))
