@@ -7,6 +7,7 @@ as mean, standard deviation and standard error over the R repeats.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterable
 
@@ -80,16 +81,11 @@ def agreement_metrics(student: np.ndarray, teacher: np.ndarray) -> dict[str, flo
           "retrieval_at_1": float(np.mean(nearest == np.arange(len(s))))}
 
 
-def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, mesh,
-                    key: jax.Array, repeats: int, operator) -> dict[str, np.ndarray]:
-  """Runs `output_fn(variables, corrupted_images01, batch)` on R corruption draws of every
-  example and returns {"outputs": [R, N, K], "label": [N], "id": [N]}, sorted by id.
-
-  `batches` are host-local shares of padded global batches with a boolean "valid" mask
-  (`rrjax.data.pipeline.eval_batches`); padding rows are dropped here.
-  """
+@functools.lru_cache(maxsize=64)
+def _compiled_draws(output_fn: Callable, operator, repeats: int, replicated):
+  """The jitted R-draw function, kept per (output_fn, operator) so that evaluating several
+  models with the same function (e.g. trained and initial student) compiles once."""
   corrupt = per_example_operator(operator)
-  replicated = sharding.replicated(mesh)
 
   def repeated(variables, batch, key):
     images = batch["image"].astype(jnp.float32) / 255.0
@@ -101,7 +97,19 @@ def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, 
     return {"outputs": jax.lax.map(one_draw, jnp.arange(repeats)),
             **{k: batch[k] for k in ("label", "id", "valid")}}
 
-  run = jax.jit(repeated, out_shardings=replicated)
+  return jax.jit(repeated, out_shardings=replicated)
+
+
+def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, mesh,
+                    key: jax.Array, repeats: int, operator) -> dict[str, np.ndarray]:
+  """Runs `output_fn(variables, corrupted_images01, batch)` on R corruption draws of every
+  example and returns {"outputs": [R, N, K], "label": [N], "id": [N]}, sorted by id.
+
+  `batches` are host-local shares of padded global batches with a boolean "valid" mask
+  (`rrjax.data.pipeline.eval_batches`); padding rows are dropped here.
+  """
+  replicated = sharding.replicated(mesh)
+  run = _compiled_draws(output_fn, operator, repeats, replicated)
   variables = jax.device_put(variables, replicated)
   key = jax.device_put(key, replicated)
   outputs, labels, ids = [], [], []

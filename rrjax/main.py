@@ -67,6 +67,9 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
   import jax
+  # Compiled programs persist across runs and stages (resumes, sweeps, re-runs).
+  jax.config.update("jax_compilation_cache_dir", os.environ.get(
+      "RRJAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rrjax", "xla")))
   from rrjax import config as config_lib
   from rrjax import stages
   config, workdir = _CONFIG.value, _WORKDIR.value

@@ -58,7 +58,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for model_cfg in (c.student, c.baseline):
     if model_cfg.model != "clip_vit":
       model_cfg.model, model_cfg.width, model_cfg.init = "resnet18", 8, "random"
-  c.batch_size, c.num_epochs = 16, 3
+  c.batch_size, c.num_epochs = 16, 8
   c.optimizer.learning_rate = 3e-3
   c.probe.batch_size, c.probe.num_epochs, c.probe.learning_rate = 16, 3, 1e-2
   c.baseline.batch_size, c.baseline.num_epochs = 16, 2

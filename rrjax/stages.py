@@ -73,7 +73,23 @@ class Context:
 
   @functools.cached_property
   def operator(self):
-    return operators.build(self.config.operator)
+    return self.operator_for(self.config.operator.to_dict())
+
+  def operator_for(self, spec: dict):
+    """One operator object per spec, so compiled evaluation functions are reused."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in self._operators:
+      self._operators[key] = operators.build(spec)
+    return self._operators[key]
+
+  @functools.cached_property
+  def _operators(self) -> dict:
+    return {}
+
+  @functools.cached_property
+  def memo(self) -> dict:
+    """Results reused across stages of one run (e.g. the trained student's variables)."""
+    return {}
 
   @functools.cached_property
   def writer(self) -> writers_lib.MetricWriter:
@@ -187,8 +203,11 @@ def run_student(ctx: Context) -> dict:
 
 
 def student_variables(ctx: Context) -> dict:
-  state = train_student(ctx).state
-  return {"params": state.params, **state.model_state}
+  """The trained student (restored from its final checkpoint once trained)."""
+  if "student_variables" not in ctx.memo:
+    state = train_student(ctx).state
+    ctx.memo["student_variables"] = {"params": state.params, **state.model_state}
+  return ctx.memo["student_variables"]
 
 
 # ---------------------------------------------------------------------------- probe
@@ -302,27 +321,33 @@ def eval_operators(config) -> list[dict]:
   return [evaluate.with_level(spec, level) for level in config.eval.levels] or [spec]
 
 
-def _classify(ctx: Context, output_fn: Callable, variables, spec: dict, source) -> dict:
+def _classify(ctx: Context, output_fn: Callable, variables, spec: dict) -> dict:
   collected = evaluate.collect_outputs(
-      output_fn, variables, ctx.eval_batches(source), mesh=ctx.mesh, key=ctx.key("eval"),
-      repeats=ctx.config.eval.repeats, operator=operators.build(spec))
+      output_fn, variables, ctx.eval_batches(ctx.eval_source), mesh=ctx.mesh,
+      key=ctx.key("eval"), repeats=ctx.config.eval.repeats, operator=ctx.operator_for(spec))
   return evaluate.classification_metrics(collected["outputs"], collected["label"])
 
 
-def _agreement(ctx: Context, model, variables, spec: dict) -> dict:
+def _teacher_on_clean(ctx: Context) -> np.ndarray:
+  """R(x) of every evaluation view of the eval split, by id: cached or computed now."""
+  if "teacher_eval" not in ctx.memo:
+    if ctx.uses_cache():
+      ids = np.arange(len(ctx.eval_source))
+      ctx.memo["teacher_eval"] = ctx.eval_cache.lookup(ids, np.zeros_like(ids))
+    else:
+      ctx.memo["teacher_eval"] = evaluate.collect_outputs(
+          objectives.teacher_features(ctx.teacher.apply), ctx.teacher.params,
+          ctx.eval_batches(ctx.eval_source), mesh=ctx.mesh, key=ctx.key("agreement"),
+          repeats=1, operator=ctx.operator_for({"kind": "identity"}))["outputs"][0]
+  return ctx.memo["teacher_eval"]
+
+
+def _agreement(ctx: Context, embed: Callable, variables, spec: dict) -> dict:
   """Cosine and retrieval@1 of S(A(x)) against R(x) on held-out evaluation views."""
-  source = ctx.eval_source
   student = evaluate.collect_outputs(
-      objectives.student_features(model), variables, ctx.eval_batches(source), mesh=ctx.mesh, key=ctx.key("agreement"),
-      repeats=1, operator=operators.build(spec))
-  if ctx.uses_cache():
-    teacher = ctx.eval_cache.lookup(student["id"], np.zeros_like(student["id"]))
-  else:
-    teacher = evaluate.collect_outputs(
-        lambda p, clean, batch: ctx.teacher.apply(p, objectives.to_uint8(clean)),
-        ctx.teacher.params, ctx.eval_batches(source), mesh=ctx.mesh, key=ctx.key("agreement"),
-        repeats=1, operator=operators.build({"kind": "identity"}))["outputs"][0]
-  return evaluate.agreement_metrics(student["outputs"][0], np.asarray(teacher))
+      embed, variables, ctx.eval_batches(ctx.eval_source), mesh=ctx.mesh,
+      key=ctx.key("agreement"), repeats=1, operator=ctx.operator_for(spec))
+  return evaluate.agreement_metrics(student["outputs"][0], _teacher_on_clean(ctx)[student["id"]])
 
 
 def run_eval(ctx: Context) -> dict:
@@ -330,53 +355,47 @@ def run_eval(ctx: Context) -> dict:
   zero-shot with the teacher's text embeddings, and student-teacher agreement."""
   config = ctx.config
   stages = set(config.stages)
-  results, agreement = [], {}
-  trains_student = "student" in stages or config.probe.features == "student"
-  if trains_student:
-    model = student_model(ctx)
+  num_classes = ctx.train_source.num_classes
+  methods = []  # (method, label fraction, output_fn, variables)
+  has_student = "student" in stages or config.probe.features == "student"
+  if has_student:
+    embed = objectives.student_features(student_model(ctx))
     variables = student_variables(ctx)
-    initial = initial_student_variables(ctx, model)
-    embed = objectives.student_features(model)
   if "probe" in stages:
     features_fn, frozen = probe_features(ctx)
     if config.probe.features == "clean_teacher":
       # SPEC E8: the probe fitted on clean teacher embeddings, applied to the student.
-      features_fn, frozen = objectives.student_features(model), variables
-    heads = {f: train_probe(ctx, f).state.params for f in probe_fractions(config)}
+      features_fn, frozen = embed, variables
+    probe_output = lambda v, corrupted, batch: objectives.probe_logits(
+        v[1], features_fn(v[0], corrupted, batch), num_classes)
+    for fraction in probe_fractions(config):
+      head = train_probe(ctx, fraction, (features_fn, frozen)).state.params
+      methods.append((f"{config.probe.features}_probe", fraction, probe_output, (frozen, head)))
   if "baseline" in stages:
-    classifier = baseline_model(ctx)
-    baseline_state = train_baseline(ctx).state
-    baseline_variables = {"params": baseline_state.params, **baseline_state.model_state}
-  zero_shot = config.eval.zero_shot and trains_student and hasattr(ctx.teacher, "embed_text")
-  if zero_shot:
+    state = train_baseline(ctx).state
+    # The classifier's outputs are its class logits.
+    methods.append(("baseline", 1.0, objectives.student_features(baseline_model(ctx)),
+                    {"params": state.params, **state.model_state}))
+  if config.eval.zero_shot and has_student and hasattr(ctx.teacher, "embed_text"):
     from rrjax.teachers import hf_clip
     text = losses.l2_normalize(ctx.teacher.embed_text(
         hf_clip.class_prompts(ctx.eval_source.class_names)))
+    zero_shot = lambda v, corrupted, batch: 100 * losses.l2_normalize(
+        embed(v["student"], corrupted, batch)) @ v["text"].T
+    methods.append(("zero_shot", 0.0, zero_shot, {"student": variables, "text": text}))
+  if has_student and config.eval.agreement:
+    initial = initial_student_variables(ctx, student_model(ctx))
 
+  results, agreement = [], {}
   for spec in eval_operators(config):
     label = operators.describe(spec)
-    row = {"operator": label, "spec": spec}
-    if "probe" in stages:
-      for fraction, head in heads.items():
-        output = lambda v, corrupted, batch: objectives.probe_logits(
-            v[1], features_fn(v[0], corrupted, batch), ctx.train_source.num_classes)
-        results.append(dict(row, method=f"{config.probe.features}_probe",
-                            label_fraction=fraction,
-                            **_classify(ctx, output, (frozen, head), spec, ctx.eval_source)))
-    if "baseline" in stages:
-      output = objectives.student_features(classifier)  # Its outputs are class logits.
-      results.append(dict(row, method="baseline", label_fraction=1.0,
-                          **_classify(ctx, output, baseline_variables, spec, ctx.eval_source)))
-    if zero_shot:
-      output = lambda v, corrupted, batch: 100 * losses.l2_normalize(
-          embed(v["student"], corrupted, batch)) @ v["text"].T
-      results.append(dict(row, method="zero_shot", label_fraction=0.0, **_classify(
-          ctx, output, {"student": variables, "text": text}, spec, ctx.eval_source)))
-    if trains_student and config.eval.agreement:
-      agreement[label] = {"trained": _agreement(ctx, model, variables, spec),
-                          "initial": _agreement(ctx, model, initial, spec)}
-  report = {"experiment": config.get("experiment", ""), "results": results,
-            "agreement": agreement}
+    for method, fraction, output_fn, method_variables in methods:
+      results.append({"method": method, "label_fraction": fraction, "operator": label,
+                      "spec": spec, **_classify(ctx, output_fn, method_variables, spec)})
+    if has_student and config.eval.agreement:
+      agreement[label] = {"trained": _agreement(ctx, embed, variables, spec),
+                          "initial": _agreement(ctx, embed, initial, spec)}
+  report = {"experiment": config.experiment, "results": results, "agreement": agreement}
   write_results(ctx.workdir, report)
   return report
 

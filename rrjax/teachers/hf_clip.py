@@ -158,13 +158,21 @@ def create_tiny_clip(path: str, *, image_size: int = 32, seed: int = 0) -> str:
 def _random_params(model: FlaxCLIPModel, seed: int) -> dict:
   """Random parameters drawn in numpy from the model's parameter shapes: much faster
   than transformers' own initialisation (no compile), and every tensor is non-trivial
-  (random layer-norm scales and biases too), so conversions are fully exercised."""
+  (random layer-norm scales and biases too), so conversions are fully exercised.
+
+  Kernels and embeddings are drawn with variance 4/fan-in, so the image embedding
+  depends strongly on the image: with CLIP's own small init, every image of a random
+  tower embeds to nearly the same direction (cosine ~0.995), a degenerate teacher.
+  """
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
     name = jax.tree_util.keystr(path)
     if name == "['logit_scale']":
       return np.full(leaf.shape, model.config.logit_scale_init_value, np.float32)
+    if name.endswith("['kernel']") or "embedding" in name:
+      fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+      return (2.0 / np.sqrt(fan_in) * rng.standard_normal(leaf.shape)).astype(np.float32)
     offset = 1.0 if name.endswith("['scale']") else 0.0
     return (offset + 0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
 
