@@ -134,7 +134,7 @@ def test_apply_under_a_sharded_batch(teacher, images):
   sharded = sharding.shard_batch(images, mesh)
   params = sharding.replicate(teacher.params, mesh)
   got = jax.jit(teacher.apply)(params, sharded)
-  np.testing.assert_allclose(got, teacher.embed(images), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got, teacher.embed(images), rtol=1e-5, atol=1e-5)
 
 
 def test_fingerprint(teacher, clip_dir, tmp_path):
