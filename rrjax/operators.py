@@ -7,21 +7,21 @@ Everything else builds operators through one entry point:
 
 Operators are pure and jittable, and preserve shape and dtype. Kinds and fields:
 
-  identity                      the images unchanged
-  mask        p                 exactly floor(H*W*p) pixel positions, drawn uniformly
-                                without replacement, set to 0 in every channel
-  noise       sigma, clip=False x + sigma * N(0, 1) per pixel and channel; optional clip
-                                to [0, 1] (the paper does not clip)
-  blur        kernel_size, sigma  separable normalised Gaussian (odd kernel_size), reflect
-                                padding that does not repeat the edge pixel
-                                (numpy "reflect" == scipy "mirror"), any image size
-  block_mask  size              a zeroed size x size square at a uniformly random position
-                                (inpainting)
-  downsample  factor            average over factor x factor blocks, then repeat each
-                                block back to H x W (super-resolution observation; the
-                                operator is the orthogonal projection onto block-constant
-                                images, so it is antialiased and idempotent)
-  compose     ops               the listed operator specs applied in order
+  identity                    the images unchanged
+  mask(p)                     exactly floor(H*W*p) pixel positions, drawn uniformly without
+                              replacement, set to 0 in every channel
+  noise(sigma, clip=False)    x + sigma * N(0, 1) per pixel and channel; optionally clipped
+                              to [0, 1] (the paper does not clip)
+  blur(kernel_size, sigma)    separable normalised Gaussian (odd kernel_size) with reflect
+                              padding that does not repeat the edge pixel (numpy "reflect"
+                              == scipy "mirror"), for any image size
+  block_mask(size)            a zeroed size x size square at a uniformly random position
+                              (inpainting)
+  downsample(factor)          average over factor x factor blocks, then repeat each block
+                              back to H x W (super-resolution observation: the orthogonal
+                              projection onto block-constant images, antialiased and
+                              idempotent)
+  compose(ops)                the listed operator specs applied in order
 
 A level (`p`, `sigma`, block `size`) is a number, used for every image, or a pair
 (low, high) with low <= high: each image then draws its own level uniformly from
