@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax.core import unfreeze
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
 from rrjax import models, sharding
 from rrjax.models import pretrained, resnet
@@ -24,13 +24,11 @@ TINY = {
     "basic": dict(stage_sizes=(1, 2), width=8),
 }
 NUM_OUTPUTS = 6
+BATCH = 8  # One shape everywhere, so compiled functions are shared; 1 per device when sharded.
 
 
 def _tiny(block, dtype=jnp.float32, num_outputs=NUM_OUTPUTS):
   return resnet.ResNet(block=block, num_outputs=num_outputs, dtype=dtype, **TINY[block])
-
-
-BATCH = 8  # One shape everywhere, so compiled functions are shared; 1 per device when sharded.
 
 
 def _images(n=BATCH, seed=0):
@@ -38,8 +36,8 @@ def _images(n=BATCH, seed=0):
 
 
 def _student_cfg(**overrides):
-  return ml_collections.ConfigDict(dict(dict(model="resnet50", init="random", dtype="float32"),
-                                        **overrides))
+  return ml_collections.ConfigDict(
+      {"model": "resnet50", "init": "random", "dtype": "float32", **overrides})
 
 
 @functools.partial(jax.jit, static_argnames=("module", "train"))
@@ -353,6 +351,9 @@ def test_architecture_mismatch_names_checkpoint_and_model(tmp_path):
   ResNetConfig(depths=[3, 4, 6, 3], layer_type="bottleneck").save_pretrained(tmp_path)
   with pytest.raises(ValueError, match=r"is resnet50 but the model is resnet101.*depths"):
     pretrained.load_imagenet_resnet(str(tmp_path), resnet.resnet("resnet101", 10))
+  ResNetConfig(depths=[3, 4, 6, 3], downsample_in_bottleneck=True).save_pretrained(tmp_path)
+  with pytest.raises(ValueError, match=r"downsample_in_bottleneck: checkpoint True vs model False"):
+    pretrained.load_imagenet_resnet(str(tmp_path), resnet.resnet("resnet50", 10))  # ResNet v1.
   with pytest.raises(ValueError, match=r"layer_type: checkpoint bottleneck vs model basic"):
     pretrained.load_imagenet_resnet(str(tmp_path), resnet.resnet("resnet50", 10).clone(
         block="basic"))
