@@ -7,6 +7,7 @@ are locked, so a misspelt `--config.x=y` override is rejected by name by ml_coll
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import ml_collections
@@ -137,6 +138,20 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ValueError(f"config argument {name!r} is not one of {sorted(defaults)}.")
     values[name] = _parse_value(text) if sep else True
   return values
+
+
+def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
+  """`load_config("configs/mask.py:p=0.5")`: what `--config=` gives, for tools and tests."""
+  path, _, arg = path_and_arg.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist.")
+  name = "rrjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  config.lock()
+  return config
 
 
 def get_field(config: ml_collections.ConfigDict, dotted: str):

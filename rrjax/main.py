@@ -67,9 +67,13 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
   import jax
-  # Compiled programs persist across runs and stages (resumes, sweeps, re-runs).
-  jax.config.update("jax_compilation_cache_dir", os.environ.get(
-      "RRJAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rrjax", "xla")))
+  if jax.default_backend() != "cpu":
+    # Compiled programs persist across runs (resumes, sweeps, re-runs). Not on CPU: there,
+    # multi-device programs with collectives loaded from the cache deadlock in XLA's
+    # in-process rendezvous (seen with jax 0.10.2 and 8 simulated devices).
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "RRJAX_COMPILATION_CACHE",
+        os.path.join(os.path.expanduser("~"), ".cache", "rrjax", "xla")))
   from rrjax import config as config_lib
   from rrjax import stages
   config, workdir = _CONFIG.value, _WORKDIR.value

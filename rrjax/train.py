@@ -167,6 +167,10 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   try:
     while step < num_steps:
       batch = sharding.shard_batch(prepare_batch(next(iterator)), mesh)
+      # One step in flight: the next batch is read and transferred while the previous
+      # step runs, but two steps never run at once. (On CPU devices, two programs with
+      # collectives running together can deadlock XLA's in-process rendezvous.)
+      jax.block_until_ready(metrics)
       state, metrics = step_fn(state, batch, key, frozen)
       step += 1
       progress.update(step)

@@ -1,0 +1,148 @@
+"""`python -m rrjax.main` end to end on generated data with a tiny random CLIP teacher:
+the whole pipeline, kill-and-resume to identical parameters, and bad input refused
+before anything compiles."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from rrjax import config as config_lib
+from rrjax import smoke, stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "mask.py") + ":smoke"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  root = tmp_path_factory.mktemp("smoke_assets")
+  environment = dict(os.environ, RRJAX_SMOKE_DIR=str(root))
+  os.environ["RRJAX_SMOKE_DIR"] = str(root)  # For configs built in this process too.
+  return environment
+
+
+def _command(workdir, *overrides):
+  return [sys.executable, "-m", "rrjax.main", f"--config={SMOKE}", f"--workdir={workdir}",
+          *overrides]
+
+
+@pytest.fixture(scope="module")
+def full_run(env, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  start = time.perf_counter()
+  done = subprocess.run(_command(workdir), env=env, capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, time.perf_counter() - start, done
+
+
+def _student_params(workdir):
+  directory = workdir / "student" / "checkpoints"
+  last = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  restored = ocp.PyTreeCheckpointer().restore(str(directory / str(last) / "state"))
+  return last, restored["params"]
+
+
+def test_pipeline_end_to_end(full_run):
+  workdir, seconds, done = full_run
+  assert seconds < 120, f"the smoke pipeline took {seconds:.0f}s"
+  report = json.loads((workdir / "results.json").read_text())
+  agreement = report["agreement"]["mask p=0.9"]
+  # The student learned the teacher: agreement on held-out corrupted images rises well
+  # above the untrained student's.
+  assert agreement["trained"]["cosine"] > agreement["initial"]["cosine"] + 0.15, agreement
+  probe = [r for r in report["results"] if r["method"] == "student_probe"][0]
+  assert probe["top1"]["mean"] > 40  # 4 classes: chance is 25%.
+  assert len(report["results"]) == 2  # the probe and zero-shot
+  for name in ("config.json", "versions.json", "results.md", "metrics.jsonl"):
+    assert (workdir / name).exists(), name
+  assert os.listdir(workdir / "tensorboard")
+  for stage in ("cache", "student", "probe", "eval"):
+    assert json.loads((workdir / stage / "done.json").read_text())["seconds"] > 0
+  assert "| student_probe | 1 | mask p=0.9 |" in done.stdout
+  versions = json.loads((workdir / "versions.json").read_text())
+  assert versions["jax"] == "0.10.2"
+
+
+def test_rerun_skips_finished_stages(full_run, env):
+  workdir, seconds, _ = full_run
+  before = (workdir / "results.json").read_text()
+  done = subprocess.run(_command(workdir), env=env, capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (workdir / "results.json").read_text() == before
+  assert "finished before, skipped" in done.stderr
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, tmp_path):
+  reference_dir, _, _ = full_run
+  process = subprocess.Popen(_command(tmp_path), env=env, cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint = tmp_path / "student" / "checkpoints" / "10"
+  deadline = time.time() + 300
+  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (tmp_path / "student" / "done.json").exists(), "killed too late to test resume"
+  resumed = subprocess.run(_command(tmp_path), env=env, capture_output=True, text=True,
+                           cwd=REPO)
+  assert resumed.returncode == 0, resumed.stderr[-12000:]
+  assert "student: resumed from step" in resumed.stderr
+  step, params = _student_params(tmp_path)
+  reference_step, reference = _student_params(reference_dir)
+  assert step == reference_step
+  flat, reference_flat = (ocp.tree.to_flat_dict(p) for p in (params, reference))
+  assert flat.keys() == reference_flat.keys()
+  for key in flat:
+    np.testing.assert_array_equal(flat[key], reference_flat[key], err_msg=str(key))
+  assert (json.loads((tmp_path / "results.json").read_text())
+          == json.loads((reference_dir / "results.json").read_text()))
+
+
+def test_misspelt_override_is_rejected_by_name(env, tmp_path):
+  done = subprocess.run(_command(tmp_path, "--config.batch_sise=8"), env=env,
+                        capture_output=True, text=True, cwd=REPO)
+  assert done.returncode != 0 and "batch_sise" in done.stderr
+
+
+def _smoke_config(**changes):
+  config = config_lib.load_config(SMOKE)
+  config.unlock()  # Values of other types (e.g. another operator) replace whole fields.
+  for field, value in changes.items():
+    parent = config_lib.get_field(config, field.rsplit(".", 1)[0]) if "." in field else config
+    parent[field.rsplit(".", 1)[-1]] = value
+  return config
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"data.root": "/no/such/data"}, "data.root"),
+    ({"operator": {"kind": "mask", "p": 1.5}}, "p"),
+    ({"operator": {"kind": "blur", "kernel_size": 4, "sigma": 1.0}}, "kernel_size"),
+    ({"batch_size": 12}, "batch_size"),
+    ({"stages": ("cache", "train")}, "stages"),
+    ({"loss.kind": "cosine"}, "loss.kind"),
+])
+def test_bad_config_fails_before_any_work_naming_the_field(env, changes, field):
+  with pytest.raises(ValueError, match=field):
+    config_lib.check_config(_smoke_config(**changes), num_devices=8)
+
+
+def test_cache_of_another_config_is_refused_before_training(env, tmp_path):
+  config = _smoke_config(stages=("cache",))
+  stages.run_stages(config, str(tmp_path))
+  other = _smoke_config(stages=("student",), seed=1)
+  with pytest.raises(ValueError, match="seed"):
+    stages.run_stages(other, str(tmp_path))
+  assert not (tmp_path / "student").exists()
+
+
+def test_smoke_assets_are_reused(env):
+  first = smoke.assets()
+  assert smoke.assets() == first
+  assert os.path.isdir(os.path.join(first["data"], "train"))
