@@ -395,7 +395,15 @@ def run_eval(ctx: Context) -> dict:
     if has_student and config.eval.agreement:
       agreement[label] = {"trained": _agreement(ctx, embed, variables, spec),
                           "initial": _agreement(ctx, embed, initial, spec)}
-  report = {"experiment": config.experiment, "results": results, "agreement": agreement}
+  report = {"experiment": config.experiment,
+            "setting": {"dataset": f"{config.data.name}:{config.data.eval_split}",
+                        "teacher": config.teacher.name, "student": config.student.model,
+                        "loss": config.loss.kind,
+                        "train_operator": operators.describe(config.operator.to_dict()),
+                        "train_spec": config.operator.to_dict(),
+                        "probe_features": config.probe.features,
+                        "repeats": config.eval.repeats},
+            "results": results, "agreement": agreement}
   write_results(ctx.workdir, report)
   return report
 
