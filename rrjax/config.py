@@ -15,6 +15,7 @@ import ml_collections
 from rrjax import losses, operators
 
 STAGES = ("cache", "student", "probe", "baseline", "eval")
+PROBE_FEATURES = ("student", "teacher", "clean_teacher", "imagenet")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,7 +37,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.08, 1.0)
   c.data.crop_ratio = (3 / 4, 4 / 3)
   c.data.view_mode = "crop"         # "crop" (ImageNet-style) | "resize" (CIFAR/STL)
-  c.data.out_of_class = False       # SPEC E5: 5 unseen classes relabelled to ImageNet-100
   c.data.skip_corrupt = False
   c.data.num_workers = 8
 
@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.init = "random"         # "random" | "imagenet:<hub id or dir>" | "teacher"
   c.student.dtype = "float32"       # compute dtype; parameters stay float32
   c.student.width = 64              # ResNet stem/stage-1 width (64 = torchvision)
-  c.student.teacher_name = ""       # clip_vit only: checkpoint to copy ("" = teacher.name)
+  c.student.teacher_name = ""
+  c.student.restore_from = ""       # workdir of another run whose student to use (E4)       # clip_vit only: checkpoint to copy ("" = teacher.name)
 
   c.operator = ml_collections.ConfigDict({"kind": "mask", "p": 0.9})
 
@@ -77,7 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.loss_scale = 0.0      # float16 only: initial dynamic loss scale (0: off)
 
   c.probe = ml_collections.ConfigDict()
-  c.probe.features = "student"      # "student" | "teacher" | "clean_teacher"
+  c.probe.features = "student"      # "student" | "teacher" | "clean_teacher" | "imagenet"
+  c.probe.imagenet_init = "resnet101:imagenet:microsoft/resnet-101"  # features="imagenet"
   c.probe.label_fraction = 1.0
   c.probe.extra_label_fractions = ()  # more probes on the same frozen features (E1, E2)
   c.probe.batch_size = 128
@@ -96,8 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.repeats = 10               # independent corruption draws
   c.eval.levels = ()                # severities of config.operator to test; () = trained one
+  c.eval.operators = ()             # explicit operator specs to test (overrides levels)
+  c.eval.data_name = ""             # evaluate on another data set (e.g. ImageNet-100C)
+  c.eval.out_of_class = False       # SPEC E5: the 5 unseen classes, relabelled
   c.eval.batch_size = 256
   c.eval.zero_shot = True           # needs a teacher with text embeddings
+  c.eval.class_names_file = ""      # zero-shot class names, one per line ("" = data's)
   c.eval.agreement = True           # student-teacher cosine and retrieval@1
 
   c.checkpoint_every_steps = 1000
@@ -138,6 +144,36 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ValueError(f"config argument {name!r} is not one of {sorted(defaults)}.")
     values[name] = _parse_value(text) if sep else True
   return values
+
+
+# Arguments every experiment family accepts (`configs/<family>.py:name=value,...`).
+COMMON_ARGS = {
+    "levels": "",         # test severities, "/"-separated (E3, E9): levels=0.96/0.99
+    "fractions": "",      # extra probe label fractions (E1 10%, E2): fractions=0.1/0.01
+    "baseline": False,    # also train and test the supervised baseline (E1)
+    "baseline_init": "",  # its initial weights, e.g. imagenet:/ckpt/in100_resnet101 (E10)
+    "smoke": False,       # one-minute CPU run on generated data with a tiny teacher
+}
+
+
+def _slash_floats(text: str) -> tuple[float, ...]:
+  return tuple(float(v) for v in str(text).split("/"))
+
+
+def apply_common_args(c: ml_collections.ConfigDict, args) -> ml_collections.ConfigDict:
+  """Applies the `COMMON_ARGS` part of a parsed `get_config` argument to `c`."""
+  if args.levels:
+    c.eval.levels = _slash_floats(args.levels)
+  if args.fractions:
+    c.probe.extra_label_fractions = _slash_floats(args.fractions)
+  if args.baseline or args.baseline_init:
+    c.stages = tuple(s for s in STAGES if s in c.stages or s == "baseline")
+  if args.baseline_init:
+    c.baseline.init = args.baseline_init
+  if args.smoke:
+    from rrjax import smoke  # Creates small assets on first use.
+    smoke.shrink(c)
+  return c
 
 
 def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
@@ -184,6 +220,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for fraction in (config.probe.label_fraction, *config.probe.extra_label_fractions):
     if not 0 < fraction <= 1:
       raise ValueError(f"probe.label_fraction={fraction} must be in (0, 1].")
+  if config.probe.features not in PROBE_FEATURES:
+    raise ValueError(f"probe.features={config.probe.features!r}; allowed: "
+                     f"{', '.join(PROBE_FEATURES)}.")
   if config.teacher.mode not in ("cached", "online"):
     raise ValueError(f"teacher.mode={config.teacher.mode!r}; allowed: 'cached', 'online'.")
   if config.data.source in ("folder", "records") and not os.path.isdir(config.data.root):

@@ -67,6 +67,12 @@ def student_features(model: nn.Module) -> FeatureFn:
                                                          train=False)[0]
 
 
+def pre_logits_features(model: nn.Module) -> FeatureFn:
+  """A frozen network's pooled backbone features (`aux["pre_logits"]`), e.g. ImageNet's."""
+  return lambda variables, corrupted, batch: apply_model(model, variables, corrupted,
+                                                         train=False)[1]["pre_logits"]
+
+
 def teacher_features(teacher_apply: Callable) -> FeatureFn:
   """The teacher's embeddings of corrupted images, R(A(x)) (SPEC E11)."""
   return lambda params, corrupted, batch: teacher_apply(params, to_uint8(corrupted))

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from rrjax import cache as cache_lib
+from rrjax import config as config_lib
 from rrjax import evaluate, losses, models, objectives, operators, sharding, train
 from rrjax import writers as writers_lib
 from rrjax.cache import from_config as cache_config
@@ -69,7 +70,13 @@ class Context:
 
   @functools.cached_property
   def eval_source(self):
-    return sources.build_source(self.config.data, self.config.data.eval_split)
+    """`data.eval_split`, or with `eval.data_name` another data set (e.g. ImageNet-100C);
+    `eval.out_of_class` relabels the 5 unseen classes (SPEC E5)."""
+    data = ml_collections.ConfigDict(self.config.data.to_dict())
+    data.out_of_class = self.config.eval.out_of_class
+    if self.config.eval.data_name:
+      data.name = self.config.eval.data_name
+    return sources.build_source(data, self.config.data.eval_split)
 
   @functools.cached_property
   def operator(self):
@@ -136,7 +143,7 @@ def run_cache(ctx: Context) -> dict:
   split when agreement is measured): computed once, by every host and device."""
   config = ctx.config
   built = {}
-  if ctx.uses_cache() or config.probe.features == "clean_teacher":
+  if (ctx.uses_cache() and "student" in config.stages) or config.probe.features == "clean_teacher":
     built["train"] = cache_config.build_from_config(
         config, ctx.workdir, ctx.teacher, ctx.train_source, split=config.data.train_split,
         view_set="train")
@@ -163,23 +170,28 @@ def _split_variables(variables: dict) -> tuple[Any, dict]:
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
+def _initial_student_state(ctx: Context, total_steps: int) -> train.TrainState:
+  config = ctx.config
+  params, model_state = _split_variables(initial_student_variables(ctx, student_model(ctx)))
+  tx = train.make_optimizer(
+      learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
+      weight_decay=config.optimizer.weight_decay, warmup_steps=config.optimizer.warmup_steps,
+      grad_clip_norm=config.optimizer.grad_clip_norm)
+  float16 = config.student.dtype == "float16" and config.optimizer.loss_scale > 0
+  return train.create_state(params, model_state, tx,
+                            config.optimizer.loss_scale if float16 else 0.0)
+
+
 def train_student(ctx: Context) -> train.FitResult:
   """Trains (or resumes, or restores the finished) student of SPEC §1-§2."""
   config = ctx.config
-  model = student_model(ctx)
-  params, model_state = _split_variables(initial_student_variables(ctx, model))
   loader = ctx.train_loader(ctx.train_source, config.batch_size)
   num_steps = config.num_epochs * loader.steps_per_epoch
-  float16 = config.student.dtype == "float16" and config.optimizer.loss_scale > 0
-  tx = train.make_optimizer(
-      learning_rate=config.optimizer.learning_rate, total_steps=num_steps,
-      weight_decay=config.optimizer.weight_decay, warmup_steps=config.optimizer.warmup_steps,
-      grad_clip_norm=config.optimizer.grad_clip_norm)
-  state = train.create_state(params, model_state, tx,
-                             config.optimizer.loss_scale if float16 else 0.0)
+  state = _initial_student_state(ctx, num_steps)
   online = not ctx.uses_cache()
   loss_fn = objectives.student_loss(
-      model, ctx.operator, kind=config.loss.kind, temperature=config.loss.temperature,
+      student_model(ctx), ctx.operator, kind=config.loss.kind,
+      temperature=config.loss.temperature,
       online_teacher=ctx.teacher.apply if online else None)
   try:
     return train.fit(
@@ -189,7 +201,7 @@ def train_student(ctx: Context) -> train.FitResult:
         prepare_batch=(lambda b: b) if online else ctx.with_targets,
         checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
         log_every=config.log_every_steps, writer=ctx.writer, name="student",
-        dynamic_loss_scale=float16)
+        dynamic_loss_scale=state.loss_scale != 1.0)
   finally:
     loader.close()
 
@@ -203,9 +215,14 @@ def run_student(ctx: Context) -> dict:
 
 
 def student_variables(ctx: Context) -> dict:
-  """The trained student (restored from its final checkpoint once trained)."""
+  """The trained student: this run's (trained now, or restored once trained), or with
+  `student.restore_from` the final student of another run's workdir (SPEC E4)."""
   if "student_variables" not in ctx.memo:
-    state = train_student(ctx).state
+    if ctx.config.student.restore_from:
+      state = train.load_final_state(os.path.join(ctx.config.student.restore_from, "student"),
+                                     _initial_student_state(ctx, 1), ctx.mesh)
+    else:
+      state = train_student(ctx).state
     ctx.memo["student_variables"] = {"params": state.params, **state.model_state}
   return ctx.memo["student_variables"]
 
@@ -222,7 +239,20 @@ def probe_features(ctx: Context) -> tuple[objectives.FeatureFn, Any]:
     return objectives.teacher_features(ctx.teacher.apply), ctx.teacher.params
   if kind == "clean_teacher":
     return objectives.cached_clean_teacher_features, None
-  raise ValueError(f"probe.features={kind!r}; allowed: 'student', 'teacher', 'clean_teacher'.")
+  if kind == "imagenet":
+    # SPEC E11: a supervised ImageNet network's pooled features (its head is unused).
+    model = models.build_model(config_as_model(ctx.config.probe.imagenet_init), 1)
+    return objectives.pre_logits_features(model), models.init_variables(
+        config_as_model(ctx.config.probe.imagenet_init), model, ctx.key("imagenet"),
+        ctx.config.data.image_size)
+  raise ValueError(f"probe.features={kind!r}; allowed: {', '.join(config_lib.PROBE_FEATURES)}.")
+
+
+def config_as_model(init: str) -> ml_collections.ConfigDict:
+  """The `config.student`-shaped model config of `probe.imagenet_init` ("resnet101:imagenet:
+  microsoft/resnet-101" = model name, then the init)."""
+  model, _, init = init.partition(":")
+  return ml_collections.ConfigDict({"model": model, "init": init, "dtype": "float32"})
 
 
 def train_probe(ctx: Context, fraction: float, features=None) -> train.FitResult:
@@ -316,7 +346,10 @@ def run_baseline(ctx: Context) -> dict:
 
 
 def eval_operators(config) -> list[dict]:
-  """The operator specs to test: `config.eval.levels` of the trained operator, or itself."""
+  """The operator specs to test: `eval.operators`, else `eval.levels` of the trained
+  operator, else the trained operator itself."""
+  if config.eval.operators:
+    return [dict(spec) for spec in config.eval.operators]
   spec = config.operator.to_dict()
   return [evaluate.with_level(spec, level) for level in config.eval.levels] or [spec]
 
@@ -350,6 +383,20 @@ def _agreement(ctx: Context, embed: Callable, variables, spec: dict) -> dict:
   return evaluate.agreement_metrics(student["outputs"][0], _teacher_on_clean(ctx)[student["id"]])
 
 
+def zero_shot_class_names(ctx: Context) -> list[str]:
+  """Names for "a photo of a {name}." prompts: `eval.class_names_file` (one per line, in
+  label order) or the data set's own class names (wnids for ImageNet-style data)."""
+  path = ctx.config.eval.class_names_file
+  if not path:
+    return list(ctx.train_source.class_names)
+  with open(path) as f:
+    names = [line.strip() for line in f if line.strip()]
+  if len(names) != ctx.train_source.num_classes:
+    raise ValueError(f"eval.class_names_file={path!r} has {len(names)} names for "
+                     f"{ctx.train_source.num_classes} classes.")
+  return names
+
+
 def run_eval(ctx: Context) -> dict:
   """Top-1/top-5 (AUC) over R corruption draws for every trained method and severity,
   zero-shot with the teacher's text embeddings, and student-teacher agreement."""
@@ -357,7 +404,8 @@ def run_eval(ctx: Context) -> dict:
   stages = set(config.stages)
   num_classes = ctx.train_source.num_classes
   methods = []  # (method, label fraction, output_fn, variables)
-  has_student = "student" in stages or config.probe.features == "student"
+  has_student = ("student" in stages or bool(config.student.restore_from)
+                 or config.probe.features == "student")
   if has_student:
     embed = objectives.student_features(student_model(ctx))
     variables = student_variables(ctx)
@@ -379,7 +427,7 @@ def run_eval(ctx: Context) -> dict:
   if config.eval.zero_shot and has_student and hasattr(ctx.teacher, "embed_text"):
     from rrjax.teachers import hf_clip
     text = losses.l2_normalize(ctx.teacher.embed_text(
-        hf_clip.class_prompts(ctx.eval_source.class_names)))
+        hf_clip.class_prompts(zero_shot_class_names(ctx))))
     zero_shot = lambda v, corrupted, batch: 100 * losses.l2_normalize(
         embed(v["student"], corrupted, batch)) @ v["text"].T
     methods.append(("zero_shot", 0.0, zero_shot, {"student": variables, "text": text}))

@@ -114,6 +114,35 @@ def _checkpoint_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _restore(manager: ocp.CheckpointManager, step: int, like: TrainState, *,
+             with_loader: bool):
+  """(state, loader state or None) of checkpoint `step`, shaped and sharded like `like`."""
+  items = {"state": ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                                          like))}
+  if with_loader:
+    items["loader"] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored.state, restored.get("loader")
+
+
+def load_final_state(workdir: str, like: TrainState, mesh) -> TrainState:
+  """The last checkpointed state of a run in `workdir` (e.g. a student trained by another
+  experiment), restored onto `mesh`; FileNotFoundError if there is none."""
+  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}; train that run first or fix the "
+                            "path.")
+  manager = ocp.CheckpointManager(ckpt_dir)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}.")
+    like = sharding.replicate(like, mesh)
+    return _restore(manager, step, like, with_loader=False)[0]
+  finally:
+    manager.close()
+
+
 def _assert_finite(metrics: dict[str, float], step: int, directory: str) -> None:
   if not np.isfinite(metrics["loss"]):
     raise FloatingPointError(
@@ -142,23 +171,19 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   manager = _checkpoint_manager(ckpt_dir, keep_checkpoints)
   replicated = sharding.replicated(mesh)
   # A copy: the step donates its input state, and the caller may still hold this one.
-  state = jax.device_put(jax.tree.map(jnp.copy, state), replicated)
-  frozen = jax.device_put(frozen, replicated)
-  resumed_from = 0
-  if manager.latest_step() is not None:
-    resumed_from = manager.latest_step()
-    restored = manager.restore(resumed_from, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state)),
-        loader=ocp.args.JsonRestore()))
-    state = restored.state
-    loader.set_state(restored.loader)
+  state = sharding.replicate(jax.tree.map(jnp.copy, state), mesh)
+  frozen = sharding.replicate(frozen, mesh)
+  resumed_from = manager.latest_step() or 0
+  if resumed_from:
+    state, loader_state = _restore(manager, resumed_from, state, with_loader=True)
+    loader.set_state(loader_state)
     logging.info("%s: resumed from step %d in %s", name, resumed_from, ckpt_dir)
 
   step_fn = jax.jit(
       lambda s, b, k, f: train_step(s, b, k, f, loss_fn=loss_fn,
                                     dynamic_loss_scale=dynamic_loss_scale),
       out_shardings=(replicated, replicated), donate_argnums=0)
-  key = jax.device_put(key, replicated)
+  key = sharding.replicate(key, mesh)
   start = time.perf_counter()
   progress = writers_lib.Progress(name, total=num_steps, initial=resumed_from)
   metrics, host_metrics = None, {}
