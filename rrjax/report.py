@@ -1,0 +1,464 @@
+"""Reports over many runs: the paper's tables and figures from workdirs' results.json.
+
+  python -m rrjax.report WORKDIR [WORKDIR ...] [--out DIR]
+
+Reads `WORKDIR/results.json` (written by the eval stage, `rrjax.stages.run_eval`) of every
+workdir and writes into DIR (default: the current directory):
+
+  results.csv   one row per (workdir, result row): setting, method, labels, test operator,
+                top-1/top-5/AUC mean, std and sem
+  report.md     the non-empty tables among
+                  Table 1   ours (100%, 10% labels) and the baseline under the paper's 8
+                            distortions, same distortion at train and test
+                  Table 2   transfer (experiment E4): one row per data set and metric
+                  Table 13  no contrastive step: probes on the teacher's (or an ImageNet
+                            network's) embeddings of distorted images next to ours
+                  Other     every row no table above holds
+                  Agreement student-teacher cosine and retrieval@1
+                with the authors' numbers (SPEC §7, `rrjax.paper_numbers`) where the
+                setting matches
+  *.png         600x400 plots like the paper's figures, written only when they have data:
+                severity_{mask,noise,blur}.png (Figures 4, 5: accuracy vs the operator's
+                level), label_efficiency.png (Figure 3), loss_ablation.png (Figure 6)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from rrjax import paper_numbers
+
+# Severity field of each operator kind (x axis of the severity plots).
+LEVEL_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma"}
+METRICS = ("top1", "top5", "auc")
+SETTING_FIELDS = ("experiment", "dataset", "teacher", "student", "loss", "train_operator",
+                  "probe_features", "repeats")
+CSV_FIELDS = ("workdir", *SETTING_FIELDS, "method", "label_fraction", "operator", "kind",
+              "level", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem")), "spec")
+_NUMERIC_FIELDS = {"repeats", "label_fraction", "level",
+                   *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem"))}
+
+METHOD_NAMES = {"student_probe": "ours", "teacher_probe": "teacher probe",
+                "clean_teacher_probe": "clean-teacher probe", "imagenet_probe": "ImageNet probe",
+                "baseline": "baseline", "zero_shot": "zero-shot"}
+# Table 1 rows: (method, label fraction) -> name.
+TABLE1_ROWS = {("student_probe", 1.0): "ours 100%", ("student_probe", 0.1): "ours 10%",
+               ("baseline", 1.0): "baseline"}
+NO_CONTRASTIVE_METHODS = ("teacher_probe", "imagenet_probe")
+FIGURE_SIZE = (6.0, 4.0)  # inches; at FIGURE_DPI a PNG is exactly 600 x 400 pixels
+FIGURE_DPI = 100
+MISSING = "–"
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def load_results(workdir: str) -> dict[str, Any]:
+  """`WORKDIR/results.json`, checked for the keys reports read."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{path} does not exist: workdir {workdir!r} has no evaluation results. Run its eval "
+        f"stage first (python -m rrjax.main --config=... --workdir={workdir}, with 'eval' in "
+        "config.stages).")
+  with open(path) as f:
+    report = json.load(f)
+  missing = [k for k in ("experiment", "setting", "results") if k not in report]
+  missing += [f"setting.{k}" for k in SETTING_FIELDS[1:] if k not in report.get("setting", {})]
+  for i, row in enumerate(report.get("results", [])):
+    missing += [f"results[{i}].{k}" for k in ("method", "label_fraction", "operator", "spec",
+                                               "top1") if k not in row]
+  if missing:
+    raise ValueError(f"{path} lacks {', '.join(missing)}; it was not written by rrjax's eval "
+                     "stage (or by an older version): re-run the eval stage.")
+  return report
+
+
+def severity(spec: dict[str, Any]) -> float | None:
+  """The operator's level for severity plots (p for mask, sigma for noise and blur), or
+  None where it has none or draws it from a range."""
+  value = spec.get(LEVEL_FIELDS.get(spec.get("kind"), ""))
+  return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def flatten(workdir: str, report: dict[str, Any]) -> list[dict[str, Any]]:
+  """One flat row (the CSV columns) per result row of a results.json."""
+  setting = {"experiment": report["experiment"],
+             **{k: report["setting"][k] for k in SETTING_FIELDS[1:]}}
+  rows = []
+  for result in report["results"]:
+    row = {"workdir": workdir, **setting, "method": result["method"],
+           "label_fraction": float(result["label_fraction"]), "operator": result["operator"],
+           "kind": result["spec"]["kind"], "level": severity(result["spec"])}
+    for metric in METRICS:
+      summary = result.get(metric) or {}
+      for stat in ("mean", "std", "sem"):
+        row[f"{metric}_{stat}"] = summary.get(stat)
+    row["spec"] = json.dumps(result["spec"], sort_keys=True)
+    rows.append(row)
+  return rows
+
+
+def collect(workdirs: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, dict]]:
+  """All workdirs' rows, and their results.json by workdir. Every workdir is checked
+  before any is read further, so a missing one fails fast."""
+  if not workdirs:
+    raise ValueError("no workdirs given: pass one or more run directories with results.json.")
+  reports = {workdir: load_results(workdir) for workdir in workdirs}
+  rows = [row for workdir, report in reports.items() for row in flatten(workdir, report)]
+  return rows, reports
+
+
+# ---------------------------------------------------------------------------- CSV
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+  """A results.csv back as rows: numbers as float (repeats as int), empty cells as None."""
+  def parse(field: str, text: str):
+    if text == "" and field in _NUMERIC_FIELDS:
+      return None
+    if field == "repeats":
+      return int(text)
+    return float(text) if field in _NUMERIC_FIELDS else text
+
+  with open(path, newline="") as f:
+    return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def is_transfer(row: dict[str, Any]) -> bool:
+  """Rows of transfer runs (SPEC E4: frozen students, probes on other data sets)."""
+  return "E4" in row["experiment"].replace(" ", "").split(",")
+
+
+def table_of(row: dict[str, Any]) -> str:
+  """Which table shows a row: "table1", "table2", "table13" or "other"."""
+  if is_transfer(row):
+    return "table2"
+  matched = row["operator"] == row["train_operator"]
+  if matched and row["method"] in NO_CONTRASTIVE_METHODS:
+    return "table13"
+  if (matched and row["operator"] in paper_numbers.TABLE1_OPERATORS
+      and (row["method"], row["label_fraction"]) in TABLE1_ROWS
+      and (row["method"] == "baseline" or row["loss"] == "student_teacher")):
+    return "table1"
+  return "other"
+
+
+def _percent(value: float) -> str:
+  return f"{100 * value:.3g}%"
+
+
+def format_metric(row: dict[str, Any], metric: str) -> str:
+  """"83.02 ± 0.21" (top-1/top-5 in %), "0.918 ± 0.004" (AUC), or "–" when absent."""
+  mean, sem = row.get(f"{metric}_mean"), row.get(f"{metric}_sem")
+  if mean is None:
+    return MISSING
+  digits = 3 if metric == "auc" else 2
+  return f"{mean:.{digits}f} ± {sem or 0:.{digits}f}"
+
+
+def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  lines += ["| " + " | ".join(cells) + " |" for cells in body]
+  return "\n".join(lines) + "\n"
+
+
+def short_teacher(teacher: str) -> str:
+  """Hub ids as they are ("openai/clip-vit-base-patch32"), local directories by name."""
+  return os.path.basename(teacher.rstrip("/")) if teacher.startswith(("/", ".", "~")) else teacher
+
+
+def _ordered_operators(rows: Iterable[dict[str, Any]]) -> list[str]:
+  """Operators present, the paper's 8 first in the paper's order, then as they appear."""
+  present = list(dict.fromkeys(row["operator"] for row in rows))
+  paper = [op for op in paper_numbers.TABLE1_OPERATORS if op in present]
+  return paper + [op for op in present if op not in paper]
+
+
+def _pivot(rows: Iterable[dict[str, Any]], row_key: Callable, metric: str = "top1"
+           ) -> dict[tuple, dict[str, str]]:
+  """{row key: {operator: formatted cell}}, keys in order of appearance. A cell given by
+  several rows (the same setting in several workdirs) keeps the last, with a warning."""
+  cells: dict[tuple, dict[str, tuple[str, str]]] = collections.defaultdict(dict)
+  for row in rows:
+    key = row_key(row)
+    if row["operator"] in cells[key]:
+      logging.warning("report: %s at %s appears in %s and %s; the table shows the latter.",
+                      key, row["operator"], cells[key][row["operator"]][1], row["workdir"])
+    cells[key][row["operator"]] = (format_metric(row, metric), row["workdir"])
+  return {k: {op: cell for op, (cell, _) in v.items()} for k, v in cells.items()}
+
+
+def table1(rows: Sequence[dict[str, Any]]) -> str:
+  """Table 1: ours (100%, 10% labels) and the baseline, top-1 under the paper's 8
+  distortions (same at train and test), with the authors' numbers below ours."""
+  mine = [row for row in rows if table_of(row) == "table1"]
+  if not mine:
+    return ""
+  order = list(TABLE1_ROWS)
+  mine.sort(key=lambda r: order.index((r["method"], r["label_fraction"])))
+  cells = _pivot(mine, lambda r: (TABLE1_ROWS[r["method"], r["label_fraction"]], r["dataset"],
+                                  short_teacher(r["teacher"])))
+  ops = paper_numbers.TABLE1_OPERATORS
+  body = [[*key, *(cells[key].get(op, MISSING) for op in ops)] for key in cells]
+  for fraction in (1.0, 0.1):
+    paper = {e["operator"]: e["top1"] for e in paper_numbers.REFERENCE
+             if e["method"] == "student_probe" and e["label_fraction"] == fraction
+             and e["train_operator"] == e["operator"] and e["dataset"] == "imagenet100"}
+    body.append([f"paper: {TABLE1_ROWS['student_probe', fraction]}", "ImageNet-100",
+                 paper_numbers.PAPER_TEACHER, *(f"{paper[op]:.1f}" for op in ops)])
+  return ("### Table 1: top-1 (%), same distortion at train and test\n\n"
+          + markdown(["method", "dataset", "teacher", *ops], body))
+
+
+def table2(rows: Sequence[dict[str, Any]]) -> str:
+  """Table 2: transfer. One row per (data set, method, labels, metric), columns the test
+  distortions; the authors' numbers where a data set and distortion match theirs."""
+  mine = [row for row in rows if table_of(row) == "table2"]
+  if not mine:
+    return ""
+  ops = _ordered_operators(mine)
+  body = []
+  for metric, name in (("top1", "top-1 (%)"), ("auc", "AUC")):
+    with_metric = [row for row in mine if row[f"{metric}_mean"] is not None]
+    cells = _pivot(with_metric, lambda r: (r["dataset"], METHOD_NAMES.get(r["method"], r["method"]),
+                                           _percent(r["label_fraction"]), name), metric)
+    body += [[*key, *(cells[key].get(op, MISSING) for op in ops)] for key in cells]
+  families = {paper_numbers.dataset_family(row["dataset"]) for row in mine}
+  for entry in paper_numbers.REFERENCE:
+    if entry["dataset"] in families - {"imagenet100"} and entry["operator"] in ops:
+      for metric, name, fmt in (("top1", "top-1 (%)", ".1f"), ("auc", "AUC", ".3f")):
+        if metric in entry:
+          body.append([f"paper: {entry['dataset']}", "ours", _percent(entry["label_fraction"]),
+                       name, *(format(entry[metric], fmt) if op == entry["operator"] else MISSING
+                               for op in ops)])
+  return ("### Table 2: transfer, same distortion at train and test\n\n"
+          + markdown(["dataset", "method", "labels", "metric", *ops], body))
+
+
+def table13(rows: Sequence[dict[str, Any]]) -> str:
+  """Table 13: no contrastive step. Probes on the teacher's (or an ImageNet network's)
+  embeddings of distorted images next to ours in the same setting."""
+  baselines = [row for row in rows if table_of(row) == "table13"]
+  if not baselines:
+    return ""
+  ops = _ordered_operators(baselines)
+  settings = {(row["dataset"], row["label_fraction"]) for row in baselines}
+  ours = [row for row in rows if row["method"] == "student_probe" and not is_transfer(row)
+          and row["loss"] == "student_teacher" and row["operator"] == row["train_operator"]
+          and row["operator"] in ops and (row["dataset"], row["label_fraction"]) in settings]
+  cells = _pivot(baselines + ours, lambda r: (METHOD_NAMES.get(r["method"], r["method"]),
+                                              _percent(r["label_fraction"]), r["dataset"],
+                                              short_teacher(r["teacher"])))
+  body = [[*key, *(cells[key].get(op, MISSING) for op in ops)] for key in cells]
+  return ("### Table 13: no contrastive step, top-1 (%)\n\n"
+          + markdown(["method", "labels", "dataset", "teacher", *ops], body))
+
+
+def other_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Every row no paper-shaped table shows, with the authors' top-1 where it matches."""
+  mine = [row for row in rows if table_of(row) == "other"]
+  if not mine:
+    return ""
+  body = []
+  for row in mine:
+    paper = paper_numbers.lookup(**{k: row[k] for k in ("method", "label_fraction", "loss",
+                                                        "train_operator", "operator",
+                                                        "dataset")})
+    body.append([row["experiment"], row["dataset"], short_teacher(row["teacher"]), row["loss"],
+                 row["train_operator"], METHOD_NAMES.get(row["method"], row["method"]),
+                 _percent(row["label_fraction"]), row["operator"],
+                 *(format_metric(row, m) for m in METRICS),
+                 f"{paper['top1']:.1f}" if paper else MISSING])
+  return ("### Other results\n\n" + markdown(
+      ["experiment", "dataset", "teacher", "loss", "train operator", "method", "labels",
+       "test operator", "top-1 (%)", "top-5 (%)", "AUC", "paper top-1 (%)"], body))
+
+
+def agreement_table(reports: dict[str, dict]) -> str:
+  """Student-teacher agreement on held-out views: trained student vs its initialisation."""
+  body = [[workdir, report["setting"]["train_operator"], report["setting"]["loss"], op,
+           *(f"{a[which][m]:.3f}" for which in ("trained", "initial")
+             for m in ("cosine", "retrieval_at_1"))]
+          for workdir, report in reports.items()
+          for op, a in report.get("agreement", {}).items()]
+  if not body:
+    return ""
+  return ("### Student-teacher agreement\n\n" + markdown(
+      ["workdir", "train operator", "loss", "test operator", "cosine (trained)",
+       "retrieval@1 (trained)", "cosine (initial)", "retrieval@1 (initial)"], body))
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _train_settings(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+  """workdir -> how its student was trained, for grouping points into lines: its training
+  operator, or "same as test" for a run evaluated only at its training operator (so runs
+  at different fixed levels join into one curve, as in the paper's Table 1 rows)."""
+  tested = collections.defaultdict(set)
+  trained = {}
+  for row in rows:
+    tested[row["workdir"]].add(row["operator"])
+    trained[row["workdir"]] = row["train_operator"]
+  return {w: "same as test" if tested[w] == {trained[w]} else f"trained {trained[w]}"
+          for w in tested}
+
+
+def _describe_key_part(field: str, value) -> str:
+  if field == "method":
+    return METHOD_NAMES.get(value, value)
+  if field == "label_fraction":
+    return f"{_percent(value)} labels"
+  if field == "teacher":
+    return short_teacher(value)
+  return str(value)
+
+
+def _legend_labels(keys: Sequence[tuple], fields: Sequence[str]) -> list[str]:
+  """Labels naming only the fields that differ between lines (all, when just one line
+  and it would otherwise be empty: its method)."""
+  varying = [i for i in range(len(fields)) if len({k[i] for k in keys}) > 1]
+  if not varying:
+    varying = [fields.index("method") if "method" in fields else 0]
+  return [", ".join(_describe_key_part(fields[i], k[i]) for i in varying) for k in keys]
+
+
+def _lines(rows: Sequence[dict[str, Any]], fields: Sequence[str], x_of: Callable
+           ) -> dict[tuple, list[tuple[float, float, float]]]:
+  """{line key: sorted [(x, mean top-1, sem)]} (the last row wins at a repeated x)."""
+  settings = _train_settings(rows)
+  points = collections.defaultdict(dict)
+  for row in rows:
+    x = x_of(row)
+    if x is None or row["top1_mean"] is None:
+      continue
+    key = tuple(settings[row["workdir"]] if f == "train" else row[f] for f in fields)
+    points[key][x] = (row["top1_mean"], row["top1_sem"] or 0.0)
+  return {k: sorted((x, m, s) for x, (m, s) in v.items()) for k, v in points.items()}
+
+
+def _save_plot(path: str, lines: dict[tuple, list], fields: Sequence[str], *, xlabel: str,
+               title: str, log_x: bool = False,
+               extra_points: Sequence[tuple[float, float, str]] = ()) -> str:
+  """Writes a FIGURE_SIZE plot at FIGURE_DPI (pyplot-free, so no global backend state)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  keys = list(lines)
+  for key, label in zip(keys, _legend_labels(keys, fields)):
+    xs, means, sems = zip(*lines[key])
+    ax.errorbar(xs, means, yerr=sems, marker="o", markersize=4, capsize=3, label=label)
+  for x, y, label in extra_points:
+    ax.plot([x], [y], marker="x", markersize=8, linestyle="none", label=label)
+  if log_x:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=FIGURE_DPI)
+  return path
+
+
+def plot_severity(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
+  """severity_{kind}.png (Figures 4, 5): top-1 vs the test operator's level, one line per
+  method and training setting; for each kind with a line of 2+ levels."""
+  fields = ("experiment", "dataset", "teacher", "loss", "train", "method", "label_fraction")
+  written = []
+  for kind, field in LEVEL_FIELDS.items():
+    lines = _lines([r for r in rows if r["kind"] == kind], fields, lambda r: r["level"])
+    if any(len(points) > 1 for points in lines.values()):
+      written.append(_save_plot(os.path.join(out_dir, f"severity_{kind}.png"), lines, fields,
+                                xlabel=f"{kind} {field}", title=f"Accuracy vs {kind} severity"))
+  return written
+
+
+def plot_label_efficiency(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
+  """label_efficiency.png (Figure 3): top-1 vs % of labels (log scale), one line per
+  probe and setting; written when a probe was fitted on 2+ label fractions."""
+  fields = ("experiment", "dataset", "teacher", "loss", "train", "method", "operator")
+  probes = [r for r in rows if r["method"].endswith("_probe") and r["label_fraction"] > 0]
+  lines = _lines(probes, fields, lambda r: 100 * r["label_fraction"])
+  if not any(len(points) > 1 for points in lines.values()):
+    return []
+  return [_save_plot(os.path.join(out_dir, "label_efficiency.png"), lines, fields,
+                     xlabel="labels used (%)", title="Accuracy vs label fraction",
+                     log_x=True)]
+
+
+def plot_loss_ablation(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
+  """loss_ablation.png (Figure 6): ours, top-1 vs mask p, one line per loss, with the
+  authors' points at p = 0.9; written when 2+ losses were run."""
+  fields = ("loss", "experiment", "dataset", "teacher", "train", "label_fraction")
+  ours = [r for r in rows if r["method"] == "student_probe" and r["kind"] == "mask"
+          and not is_transfer(r)]
+  lines = _lines(ours, fields, lambda r: r["level"])
+  losses = list(dict.fromkeys(key[0] for key in lines))
+  if len(losses) < 2:
+    return []
+  paper = [(0.9, paper_numbers.LOSS_ABLATION_TOP1[loss], f"paper: {loss}") for loss in losses
+           if loss in paper_numbers.LOSS_ABLATION_TOP1]
+  return [_save_plot(os.path.join(out_dir, "loss_ablation.png"), lines, fields,
+                     xlabel="mask p", title="Loss ablation", extra_points=paper)]
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def write_report(workdirs: Sequence[str], out_dir: str = ".") -> list[str]:
+  """Writes results.csv, report.md and the plots that have data; returns their paths."""
+  rows, reports = collect(workdirs)
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, "results.csv")
+  write_csv(rows, csv_path)
+  tables = [t for t in (table1(rows), table2(rows), table13(rows), other_table(rows),
+                        agreement_table(reports)) if t]
+  md_path = os.path.join(out_dir, "report.md")
+  with open(md_path, "w") as f:
+    f.write(f"# rrjax report\n\nRuns: {', '.join(workdirs)}\n\n" + "\n".join(tables))
+  plots = (plot_severity(rows, out_dir) + plot_label_efficiency(rows, out_dir)
+           + plot_loss_ablation(rows, out_dir))
+  return [csv_path, md_path, *plots]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m rrjax.report", description=__doc__.split(
+      "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
+                      help="run directories holding results.json")
+  parser.add_argument("--out", default=".", help="output directory (default: current)")
+  args = parser.parse_args(argv)
+  try:
+    written = write_report(args.workdirs, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print("\n".join(written))
+
+
+if __name__ == "__main__":
+  main()
