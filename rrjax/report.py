@@ -56,6 +56,7 @@ NO_CONTRASTIVE_METHODS = ("teacher_probe", "imagenet_probe")
 FIGURE_SIZE = (6.0, 4.0)  # inches; at FIGURE_DPI a PNG is exactly 600 x 400 pixels
 FIGURE_DPI = 100
 MISSING = "–"
+_LOG = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -202,7 +203,7 @@ def _pivot(rows: Iterable[dict[str, Any]], row_key: Callable, metric: str = "top
   for row in rows:
     key = row_key(row)
     if row["operator"] in cells[key]:
-      logging.warning("report: %s at %s appears in %s and %s; the table shows the latter.",
+      _LOG.warning("report: %s at %s appears in %s and %s; the table shows the latter.",
                       key, row["operator"], cells[key][row["operator"]][1], row["workdir"])
     cells[key][row["operator"]] = (format_metric(row, metric), row["workdir"])
   return {k: {op: cell for op, (cell, _) in v.items()} for k, v in cells.items()}
@@ -284,14 +285,15 @@ def other_table(rows: Sequence[dict[str, Any]]) -> str:
     paper = paper_numbers.lookup(**{k: row[k] for k in ("method", "label_fraction", "loss",
                                                         "train_operator", "operator",
                                                         "dataset")})
-    body.append([row["experiment"], row["dataset"], short_teacher(row["teacher"]), row["loss"],
+    body.append([row["workdir"], row["experiment"], row["dataset"],
+                 short_teacher(row["teacher"]), row["loss"],
                  row["train_operator"], METHOD_NAMES.get(row["method"], row["method"]),
                  _percent(row["label_fraction"]), row["operator"],
                  *(format_metric(row, m) for m in METRICS),
                  f"{paper['top1']:.1f}" if paper else MISSING])
   return ("### Other results\n\n" + markdown(
-      ["experiment", "dataset", "teacher", "loss", "train operator", "method", "labels",
-       "test operator", "top-1 (%)", "top-5 (%)", "AUC", "paper top-1 (%)"], body))
+      ["workdir", "experiment", "dataset", "teacher", "loss", "train operator", "method",
+       "labels", "test operator", "top-1 (%)", "top-5 (%)", "AUC", "paper top-1 (%)"], body))
 
 
 def agreement_table(reports: dict[str, dict]) -> str:

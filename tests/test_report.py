@@ -1,0 +1,343 @@
+"""Reports: tables, CSV, plots and errors on hand-written and real (smoke) results files."""
+
+import copy
+import csv
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from rrjax import operators
+from rrjax import paper_numbers
+from rrjax import report
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+# Real results.json files of smoke runs (configs/mask.py:smoke): p=0.9; p=0.9 tested at
+# levels (0.5, 0.9) with probes on 100% and 25% of labels; p=0.9 with the mse loss.
+SMOKE_FILES = ("results_smoke.json", "results_smoke_levels.json", "results_smoke_mse.json")
+PAPER_LABELS = ("mask p=0.5", "mask p=0.75", "mask p=0.9", "noise sigma=0.1",
+                "noise sigma=0.3", "noise sigma=0.5", "blur k=21 sigma=5", "blur k=37 sigma=9")
+MASK_RANGE = {"kind": "mask", "p": [0.5, 0.95]}  # as JSON stores a range
+
+
+def _smoke(name="results_smoke.json") -> dict:
+  with open(os.path.join(DATA, name)) as f:
+    return json.load(f)
+
+
+def _row(method, fraction, spec, top1, sem=0.5, **metrics) -> dict:
+  """A results row in the eval stage's schema."""
+  row = {"method": method, "label_fraction": fraction, "operator": operators.describe(spec),
+         "spec": spec, "top1": {"mean": top1, "std": 2 * sem, "sem": sem}}
+  for name, mean in metrics.items():
+    row[name] = {"mean": mean, "std": 0.0, "sem": 0.0}
+  return row
+
+
+def _workdir(root, name, rows, *, train_spec, experiment="E1,E2,E3", agreement=None,
+             **setting) -> str:
+  """A workdir holding a results.json shaped like the smoke run's, with these rows."""
+  results = _smoke()
+  results["experiment"] = experiment
+  results["setting"].update(train_operator=operators.describe(train_spec),
+                            train_spec=train_spec, **setting)
+  results["results"] = rows
+  results["agreement"] = agreement or {}
+  path = os.path.join(root, name)
+  os.makedirs(path)
+  with open(os.path.join(path, "results.json"), "w") as f:
+    json.dump(results, f)
+  return path
+
+
+def _table(markdown: str, title: str) -> list[dict[str, str]]:
+  """The rows of the Markdown table under a "### {title}..." heading, as dicts."""
+  section = markdown.split(f"### {title}", 1)[1].split("###", 1)[0]
+  lines = [line for line in section.splitlines() if line.startswith("|")]
+  split = lambda line: [cell.strip() for cell in line.strip("|").split("|")]
+  header = split(lines[0])
+  return [dict(zip(header, split(line))) for line in lines[2:]]
+
+
+def _find(rows, **cells) -> dict[str, str]:
+  matches = [r for r in rows if all(r[k] == v for k, v in cells.items())]
+  assert len(matches) == 1, (cells, rows)
+  return matches[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Hand-written workdirs covering every table and plot."""
+  root = str(tmp_path_factory.mktemp("runs"))
+  mask90, noise3 = {"kind": "mask", "p": 0.9}, {"kind": "noise", "sigma": 0.3}
+  blur = {"kind": "blur", "kernel_size": 21, "sigma": 5.0}
+  return {
+      "mask90": _workdir(root, "mask90", [
+          _row("student_probe", 1.0, mask90, 81.25, 0.25),
+          _row("student_probe", 0.1, mask90, 77.5, 0.125),
+          _row("student_probe", 0.01, mask90, 60.0),
+          _row("baseline", 1.0, mask90, 70.0, 1.0, top5=90.0),
+          _row("zero_shot", 0.0, mask90, 50.0)], train_spec=mask90,
+          agreement={"mask p=0.9": {"trained": {"cosine": 0.8, "retrieval_at_1": 0.5},
+                                    "initial": {"cosine": 0.1, "retrieval_at_1": 0.0}}}),
+      "mask50": _workdir(root, "mask50", [
+          _row("student_probe", 1.0, {"kind": "mask", "p": 0.5}, 84.0)],
+          train_spec={"kind": "mask", "p": 0.5}),
+      "noise": _workdir(root, "noise", [_row("student_probe", 1.0, noise3, 79.0)],
+                        train_spec=noise3),
+      "blur_mse": _workdir(root, "blur_mse", [_row("student_probe", 1.0, blur, 75.0)],
+                           train_spec=blur, loss="mse"),
+      "teacher_noise": _workdir(root, "teacher_noise", [_row("teacher_probe", 1.0, noise3, 65.0)],
+                                train_spec=noise3, experiment="E11", probe_features="teacher"),
+      "range_both": _workdir(root, "range_both", [
+          _row("student_probe", 1.0, {"kind": "mask", "p": p}, top1)
+          for p, top1 in ((0.9, 82.0), (0.95, 78.0), (0.99, 60.0))],
+          train_spec=MASK_RANGE, experiment="E6", loss="student_both"),
+      "range_mse": _workdir(root, "range_mse", [
+          _row("student_probe", 1.0, {"kind": "mask", "p": p}, top1)
+          for p, top1 in ((0.9, 76.0), (0.99, 50.0))],
+          train_spec=MASK_RANGE, experiment="E6", loss="mse"),
+      "covid": _workdir(root, "covid", [
+          _row("student_probe", 1.0, MASK_RANGE, 83.5, 0.5, auc=0.9134)],
+          train_spec=MASK_RANGE, experiment="E4", dataset="covid_xray:test"),
+      "cifar": _workdir(root, "cifar", [_row("student_probe", 1.0, mask90, 88.0)],
+                        train_spec=mask90, experiment="E4", dataset="cifar10:test"),
+  }
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("report"))
+  paths = report.write_report(list(runs.values()), out)
+  with open(os.path.join(out, "report.md")) as f:
+    return {"out": out, "paths": paths, "markdown": f.read()}
+
+
+def test_paper_numbers_match_spec():
+  assert paper_numbers.TABLE1_OPERATORS == PAPER_LABELS
+  spec_rows = {1.0: "85.9 84.0 83.0 84.5 81.3 76.2 83.2 77.8",
+               0.1: "82.2 80.4 79.9 81.0 78.2 73.1 80.9 74.8"}
+  for fraction, numbers in spec_rows.items():
+    for label, top1 in zip(PAPER_LABELS, numbers.split()):
+      entry = paper_numbers.lookup(method="student_probe", label_fraction=fraction,
+                                   loss="student_teacher", train_operator=label,
+                                   operator=label, dataset="imagenet2012:validation")
+      assert entry["top1"] == float(top1)
+  ablation = {"student_teacher": 81.9, "student_student": 81.9, "student_both": 82.5, "mse": 77.4}
+  for loss, top1 in ablation.items():
+    assert paper_numbers.lookup(method="student_probe", label_fraction=1.0, loss=loss,
+                                train_operator="mask p~U(0.5,0.95)", operator="mask p=0.9",
+                                dataset="smoke:val")["top1"] == top1
+  covid = paper_numbers.lookup(method="student_probe", label_fraction=1.0,
+                               loss="student_teacher", train_operator="mask p~U(0.5,0.95)",
+                               operator="mask p~U(0.5,0.95)", dataset="covid_xray:test")
+  assert (covid["top1"], covid["auc"]) == (84.0, 0.918)
+  assert paper_numbers.lookup(method="zero_shot", label_fraction=0.0, loss="student_teacher",
+                              train_operator="mask p=0.9", operator="mask p=0.9",
+                              dataset="x")["top1"] == 62.3
+  # Another loss, data set or training operator is another setting.
+  assert paper_numbers.lookup(method="student_probe", label_fraction=1.0, loss="mse",
+                              train_operator="mask p=0.9", operator="mask p=0.9",
+                              dataset="x") is None
+  assert paper_numbers.lookup(method="student_probe", label_fraction=1.0,
+                              loss="student_teacher", train_operator="mask p=0.9",
+                              operator="mask p=0.9", dataset="cifar10:test") is None
+
+
+@pytest.mark.parametrize("dataset,family", [
+    ("covid_xray:test", "covid"), ("cifar100:test", "cifar100"), ("CIFAR-10", "cifar10"),
+    ("stl10:test", "stl10"), ("imagenet100b:val", "imagenet100b"),
+    ("imagenet2012:validation", "imagenet100"), ("smoke:val", "imagenet100")])
+def test_dataset_family(dataset, family):
+  assert paper_numbers.dataset_family(dataset) == family
+
+
+def test_short_teacher_and_format_metric():
+  assert report.short_teacher("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+  assert report.short_teacher("/root/.cache/rrjax/smoke/tiny_clip/") == "tiny_clip"
+  assert report.format_metric({"auc_mean": 0.91834, "auc_sem": 0.0021}, "auc") == (
+      "0.918 ± 0.002")
+  assert report.format_metric({"top5_mean": None, "top5_sem": None}, "top5") == "–"
+
+
+def test_severity_and_flatten():
+  assert report.severity({"kind": "mask", "p": 0.75}) == 0.75
+  assert report.severity({"kind": "blur", "kernel_size": 37, "sigma": 9.0}) == 9.0
+  assert report.severity({"kind": "noise", "sigma": [0.1, 0.3]}) is None
+  assert report.severity({"kind": "identity"}) is None
+  results = _smoke()
+  rows = report.flatten("w", results)
+  assert len(rows) == len(results["results"])
+  for row, result in zip(rows, results["results"]):
+    assert row["top1_mean"] == result["top1"]["mean"]
+    assert row["top1_sem"] == result["top1"]["sem"]
+    assert row["top5_mean"] is None and row["auc_mean"] is None  # 4 smoke classes
+    assert row["train_operator"] == results["setting"]["train_operator"]
+    assert json.loads(row["spec"]) == result["spec"]
+
+
+def test_table1(written):
+  rows = _table(written["markdown"], "Table 1")
+  assert list(rows[0])[3:] == list(PAPER_LABELS)
+  ours = _find(rows, method="ours 100%")
+  assert ours["mask p=0.9"] == "81.25 ± 0.25"
+  assert ours["mask p=0.5"] == "84.00 ± 0.50"
+  assert ours["noise sigma=0.3"] == "79.00 ± 0.50"
+  assert ours["mask p=0.75"] == "–"
+  assert ours["blur k=21 sigma=5"] == "–"  # trained with mse: not the paper's method
+  assert ours["dataset"] == "smoke:val" and ours["teacher"] == "tiny_clip"
+  ours10 = _find(rows, method="ours 10%")
+  assert ours10["mask p=0.9"] == "77.50 ± 0.12"
+  assert [ours10[label] for label in PAPER_LABELS].count("–") == 7
+  assert _find(rows, method="baseline")["mask p=0.9"] == "70.00 ± 1.00"
+  paper100, paper10 = _find(rows, method="paper: ours 100%"), _find(rows, method="paper: ours 10%")
+  assert " ".join(paper100[label] for label in PAPER_LABELS) == (
+      "85.9 84.0 83.0 84.5 81.3 76.2 83.2 77.8")
+  assert " ".join(paper10[label] for label in PAPER_LABELS) == (
+      "82.2 80.4 79.9 81.0 78.2 73.1 80.9 74.8")
+  assert len(rows) == 5  # transfer, teacher-probe and other rows are elsewhere
+
+
+def test_table2(written):
+  rows = _table(written["markdown"], "Table 2")
+  assert list(rows[0])[4:] == ["mask p=0.9", "mask p~U(0.5,0.95)"]
+  covid_top1 = _find(rows, dataset="covid_xray:test", metric="top-1 (%)")
+  assert covid_top1["mask p~U(0.5,0.95)"] == "83.50 ± 0.50"
+  assert covid_top1["mask p=0.9"] == "–"
+  assert _find(rows, dataset="covid_xray:test", metric="AUC")["mask p~U(0.5,0.95)"] == (
+      "0.913 ± 0.000")
+  assert _find(rows, dataset="cifar10:test")["mask p=0.9"] == "88.00 ± 0.50"
+  assert _find(rows, dataset="paper: covid", metric="top-1 (%)")["mask p~U(0.5,0.95)"] == "84.0"
+  assert _find(rows, dataset="paper: covid", metric="AUC")["mask p~U(0.5,0.95)"] == "0.918"
+  assert len(rows) == 5
+
+
+def test_table13(written):
+  rows = _table(written["markdown"], "Table 13")
+  assert list(rows[0])[4:] == ["noise sigma=0.3"]
+  assert _find(rows, method="teacher probe")["noise sigma=0.3"] == "65.00 ± 0.50"
+  assert _find(rows, method="ours")["noise sigma=0.3"] == "79.00 ± 0.50"
+  assert len(rows) == 2
+
+
+def test_other_table(written):
+  rows = _table(written["markdown"], "Other results")
+  zero_shot = _find(rows, method="zero-shot")
+  assert (zero_shot["top-1 (%)"], zero_shot["paper top-1 (%)"]) == ("50.00 ± 0.50", "62.3")
+  both90 = _find(rows, loss="student_both", **{"test operator": "mask p=0.9"})
+  assert (both90["top-1 (%)"], both90["paper top-1 (%)"]) == ("82.00 ± 0.50", "82.5")
+  assert _find(rows, loss="mse", **{"test operator": "mask p=0.9"})["paper top-1 (%)"] == "77.4"
+  assert _find(rows, loss="student_both", **{"test operator": "mask p=0.99"})[
+      "paper top-1 (%)"] == "–"
+  assert _find(rows, method="ours", labels="1%")["top-1 (%)"] == "60.00 ± 0.50"
+  assert _find(rows, loss="mse", **{"test operator": "blur k=21 sigma=5"})["labels"] == "100%"
+  assert _find(rows, method="ours", labels="1%")["top-5 (%)"] == "–"
+  assert len(rows) == 8
+
+
+def test_agreement_table(written):
+  rows = _table(written["markdown"], "Student-teacher agreement")
+  assert len(rows) == 1
+  assert (rows[0]["cosine (trained)"], rows[0]["retrieval@1 (initial)"]) == ("0.800", "0.000")
+
+
+def test_csv_round_trip(runs, written):
+  rows, _ = report.collect(list(runs.values()))
+  back = report.read_csv(os.path.join(written["out"], "results.csv"))
+  assert back == rows
+  with open(os.path.join(written["out"], "results.csv"), newline="") as f:
+    header = next(csv.reader(f))
+  assert {"experiment", "dataset", "teacher", "loss", "train_operator", "method",
+          "label_fraction", "operator", "top1_mean", "top1_sem", "top5_mean",
+          "auc_mean"} <= set(header)
+  baseline = _find(back, method="baseline")
+  assert (baseline["top1_mean"], baseline["top5_mean"], baseline["auc_mean"]) == (70.0, 90.0, None)
+
+
+def test_plots_are_pngs_of_the_fixed_size(written):
+  names = sorted(os.path.basename(p) for p in written["paths"] if p.endswith(".png"))
+  # mask: several levels (range runs, Table 1 runs); noise and blur have one level each.
+  assert names == ["label_efficiency.png", "loss_ablation.png", "severity_mask.png"]
+  for name in names:
+    with Image.open(os.path.join(written["out"], name)) as image:
+      assert image.format == "PNG"
+      assert image.size == (600, 400)
+  assert sorted(os.listdir(written["out"])) == sorted(names + ["report.md", "results.csv"])
+
+
+def test_lines_and_legend_labels(runs):
+  rows, _ = report.collect([runs["mask90"], runs["mask50"], runs["range_both"]])
+  fields = ("loss", "train", "method", "label_fraction")
+  ours = [r for r in rows if r["method"] == "student_probe" and r["label_fraction"] == 1.0]
+  lines = report._lines(ours, fields, lambda r: r["level"])
+  # The fixed-level runs join into one curve; the range run is its own.
+  assert lines == {
+      ("student_teacher", "same as test", "student_probe", 1.0): [(0.5, 84.0, 0.5),
+                                                                  (0.9, 81.25, 0.25)],
+      ("student_both", "trained mask p~U(0.5,0.95)", "student_probe", 1.0): [
+          (0.9, 82.0, 0.5), (0.95, 78.0, 0.5), (0.99, 60.0, 0.5)]}
+  assert report._legend_labels(list(lines), fields) == [
+      "student_teacher, same as test", "student_both, trained mask p~U(0.5,0.95)"]
+  assert report._legend_labels([("a", "student_probe", 0.1)],
+                               ("loss", "method", "label_fraction")) == ["ours"]
+
+
+def test_no_plots_without_curves(tmp_path):
+  workdir = _workdir(str(tmp_path), "one", _smoke()["results"],
+                     train_spec={"kind": "mask", "p": 0.9})
+  paths = report.write_report([workdir], str(tmp_path / "out"))
+  assert [os.path.basename(p) for p in paths] == ["results.csv", "report.md"]
+
+
+def test_missing_results_file(tmp_path, runs, capsys):
+  empty = str(tmp_path / "not_evaluated")
+  os.makedirs(empty)
+  with pytest.raises(FileNotFoundError, match="not_evaluated/results.json.*eval stage"):
+    report.collect([runs["mask90"], empty])
+  out = str(tmp_path / "out")
+  with pytest.raises(SystemExit, match="not_evaluated.*eval stage"):
+    report.main([runs["mask90"], empty, "--out", out])
+  assert not os.path.exists(out)  # checked before anything is written
+
+
+def test_malformed_results_file(tmp_path):
+  results = _smoke()
+  del results["setting"]["loss"]
+  del results["results"][0]["spec"]
+  os.makedirs(tmp_path / "bad")
+  with open(tmp_path / "bad" / "results.json", "w") as f:
+    json.dump(results, f)
+  with pytest.raises(ValueError, match=r"setting.loss, results\[0\].spec"):
+    report.load_results(str(tmp_path / "bad"))
+
+
+def test_real_smoke_results(tmp_path, capsys, caplog):
+  """The CLI on results.json files written by real smoke runs of configs/mask.py."""
+  workdirs = []
+  for name in SMOKE_FILES:
+    workdirs.append(str(tmp_path / name.removesuffix(".json")))
+    os.makedirs(workdirs[-1])
+    shutil.copy(os.path.join(DATA, name), os.path.join(workdirs[-1], "results.json"))
+  out = str(tmp_path / "out")
+  report.main([*workdirs, "--out", out])
+  assert capsys.readouterr().out.split() == [
+      os.path.join(out, name) for name in ("results.csv", "report.md", "severity_mask.png",
+                                           "label_efficiency.png", "loss_ablation.png")]
+  # Both p=0.9 runs give "ours 100%" at p=0.9 (same as trained); the later one is shown.
+  ours = next(r for r in _smoke("results_smoke_levels.json")["results"]
+              if (r["method"], r["label_fraction"], r["operator"]) == (
+                  "student_probe", 1.0, "mask p=0.9"))
+  with open(os.path.join(out, "report.md")) as f:
+    markdown = f.read()
+  table1 = _table(markdown, "Table 1")
+  assert _find(table1, method="ours 100%", teacher="tiny_clip")["mask p=0.9"].startswith(
+      f"{ours['top1']['mean']:.2f} ± ")
+  assert _find(table1, method="paper: ours 100%")["mask p=0.9"] == "83.0"
+  assert "the table shows the latter" in caplog.text
+  csv_rows = report.read_csv(os.path.join(out, "results.csv"))
+  assert len(csv_rows) == sum(len(_smoke(name)["results"]) for name in SMOKE_FILES)
+  for name in ("severity_mask.png", "label_efficiency.png", "loss_ablation.png"):
+    with Image.open(os.path.join(out, name)) as image:
+      assert (image.format, image.size) == ("PNG", (600, 400))
