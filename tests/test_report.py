@@ -1,6 +1,5 @@
 """Reports: tables, CSV, plots and errors on hand-written and real (smoke) results files."""
 
-import copy
 import csv
 import json
 import os
