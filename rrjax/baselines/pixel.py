@@ -245,9 +245,9 @@ def fit_deep_decoder(rng, observed01, mask, *, steps: int = 5000,
     observed01: float [B, H, W, 3], the corrupted images (values at unobserved pixels
       are ignored). H and W must be multiples of 2**num_layers.
     mask: [B, H, W, 1] (or [B, H, W]), 1 where a pixel was observed, 0 where not.
-    steps: Adam steps (the paper's baseline: 5000, the Deep Decoder paper's setting).
+    steps: Adam steps; the step count is the regulariser (SPEC E7: 5000).
     learning_rate: Adam's learning rate (the reference code's 0.01).
-    channels: k, the generator's width (64 for 224x224 images).
+    channels: k, the generator's width (number of channels of every hidden layer).
     num_layers: L, the number of x2 upsampling layers.
 
   Returns:
