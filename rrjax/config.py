@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.operators = ()             # explicit operator specs to test (overrides levels)
   c.eval.data_name = ""             # evaluate on another data set (e.g. ImageNet-100C)
   c.eval.out_of_class = False       # SPEC E5: the 5 unseen classes, relabelled
+  c.eval.restore = ""               # SPEC E7: "nlm" | "deep_decoder" before the classifier
+  c.eval.restore_steps = 5000       # Deep Decoder fitting steps per image
   c.eval.batch_size = 256
   c.eval.zero_shot = True           # needs a teacher with text embeddings
   c.eval.class_names_file = ""      # zero-shot class names, one per line ("" = data's)
@@ -137,13 +139,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   A bare name sets a boolean; `a-b` is a range (a, b). Unknown names are rejected so a
   typo in a command line is not silently ignored.
   """
-  values = ml_collections.ConfigDict(defaults)
+  values = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     name, sep, text = item.partition("=")
     if name not in defaults:
       raise ValueError(f"config argument {name!r} is not one of {sorted(defaults)}.")
+    # Any type: a level may become a range ("p=0.5-0.95").
     values[name] = _parse_value(text) if sep else True
-  return values
+  return ml_collections.ConfigDict(values)
 
 
 # Arguments every experiment family accepts (`configs/<family>.py:name=value,...`).
@@ -223,6 +226,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.probe.features not in PROBE_FEATURES:
     raise ValueError(f"probe.features={config.probe.features!r}; allowed: "
                      f"{', '.join(PROBE_FEATURES)}.")
+  if config.eval.restore:
+    from rrjax import baselines  # Raises ValueError for an unknown or unfit restoration.
+    baselines.restoration(config.eval.restore, config.operator.to_dict())
   if config.teacher.mode not in ("cached", "online"):
     raise ValueError(f"teacher.mode={config.teacher.mode!r}; allowed: 'cached', 'online'.")
   if config.data.source in ("folder", "records") and not os.path.isdir(config.data.root):

@@ -383,6 +383,11 @@ def _agreement(ctx: Context, embed: Callable, variables, spec: dict) -> dict:
   return evaluate.agreement_metrics(student["outputs"][0], _teacher_on_clean(ctx)[student["id"]])
 
 
+def _after(restore: Callable, features_fn: objectives.FeatureFn) -> objectives.FeatureFn:
+  """Features of restored images: pixel-space restoration, then the frozen network."""
+  return lambda variables, corrupted, batch: features_fn(variables, restore(corrupted), batch)
+
+
 def zero_shot_class_names(ctx: Context) -> list[str]:
   """Names for "a photo of a {name}." prompts: `eval.class_names_file` (one per line, in
   label order) or the data set's own class names (wnids for ImageNet-style data)."""
@@ -410,15 +415,25 @@ def run_eval(ctx: Context) -> dict:
     embed = objectives.student_features(student_model(ctx))
     variables = student_variables(ctx)
   if "probe" in stages:
-    features_fn, frozen = probe_features(ctx)
+    train_features = probe_features(ctx)
+    features_fn, frozen = train_features
     if config.probe.features == "clean_teacher":
-      # SPEC E8: the probe fitted on clean teacher embeddings, applied to the student.
-      features_fn, frozen = embed, variables
+      # The probe fitted on clean teacher embeddings is applied unchanged to the student
+      # (SPEC E8) or, without one, to the teacher (the clean classifier of SPEC E7).
+      features_fn, frozen = ((embed, variables) if has_student else
+                             (objectives.teacher_features(ctx.teacher.apply), ctx.teacher.params))
+    method = f"{config.probe.features}_probe"
+    if config.eval.restore:
+      from rrjax import baselines
+      restore = baselines.restoration(config.eval.restore, config.operator.to_dict(),
+                                      steps=config.eval.restore_steps)
+      features_fn = _after(restore, features_fn)
+      method = f"{config.eval.restore}+{method}"
     probe_output = lambda v, corrupted, batch: objectives.probe_logits(
         v[1], features_fn(v[0], corrupted, batch), num_classes)
     for fraction in probe_fractions(config):
-      head = train_probe(ctx, fraction, (features_fn, frozen)).state.params
-      methods.append((f"{config.probe.features}_probe", fraction, probe_output, (frozen, head)))
+      head = train_probe(ctx, fraction, train_features).state.params
+      methods.append((method, fraction, probe_output, (frozen, head)))
   if "baseline" in stages:
     state = train_baseline(ctx).state
     # The classifier's outputs are its class logits.

@@ -1,6 +1,7 @@
 """Baselines that do not use the student: pixel-space restoration before a clean classifier."""
 
 from rrjax.baselines.pixel import (
+    RESTORATIONS,
     DeepDecoder,
     DeepDecoderFit,
     deep_decoder_denoise,
@@ -8,9 +9,11 @@ from rrjax.baselines.pixel import (
     fit_deep_decoder,
     nlm_denoise,
     observed_mask,
+    restoration,
 )
 
 __all__ = [
+    "RESTORATIONS",
     "DeepDecoder",
     "DeepDecoderFit",
     "deep_decoder_denoise",
@@ -18,4 +21,5 @@ __all__ = [
     "fit_deep_decoder",
     "nlm_denoise",
     "observed_mask",
+    "restoration",
 ]

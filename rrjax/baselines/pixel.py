@@ -291,3 +291,36 @@ def deep_decoder_denoise(rng, noisy01, **fit_kwargs) -> jax.Array:
   _check_images("noisy01", noisy01)
   mask = jnp.ones(noisy01.shape[:3] + (1,), jnp.float32)
   return fit_deep_decoder(rng, noisy01, mask, **fit_kwargs).images
+
+
+RESTORATIONS = ("nlm", "deep_decoder")
+
+
+def restoration(name: str, operator_spec: dict, *, steps: int = 5000,
+                num_layers: int = 5, channels: int = 64):
+  """`restore(corrupted01) -> restored01` for SPEC E7, traceable inside `jax.jit`.
+
+  "nlm": non-local means with the operator's noise level (the middle of a range), run on
+  the host through `jax.pure_callback`; "deep_decoder": a Deep Decoder fitted per image
+  to the observed pixels (those a `mask` operator left non-black; every pixel otherwise).
+  """
+  kind = operator_spec.get("kind")
+  if name == "nlm":
+    if kind != "noise":
+      raise ValueError(f"eval.restore='nlm' denoises; the operator is {kind!r}, not 'noise'.")
+    sigma = float(np.mean(operator_spec["sigma"]))
+
+    def restore(corrupted01):
+      shape = jax.ShapeDtypeStruct(corrupted01.shape, jnp.float32)
+      return jax.pure_callback(lambda x: nlm_denoise(np.asarray(x), sigma=sigma), shape,
+                               corrupted01.astype(jnp.float32))
+    return restore
+  if name == "deep_decoder":
+
+    def restore(corrupted01):
+      mask = (observed_mask(corrupted01) if kind in ("mask", "block_mask")
+              else jnp.ones(corrupted01.shape[:3] + (1,), jnp.float32))
+      return fit_deep_decoder(jax.random.key(0), corrupted01, mask, steps=steps,
+                              channels=channels, num_layers=num_layers).images
+    return restore
+  raise ValueError(f"eval.restore={name!r}; allowed: {', '.join(RESTORATIONS)} (or '').")
