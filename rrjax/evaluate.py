@@ -110,8 +110,8 @@ def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, 
   """
   replicated = sharding.replicated(mesh)
   run = _compiled_draws(output_fn, operator, repeats, replicated)
-  variables = jax.device_put(variables, replicated)
-  key = jax.device_put(key, replicated)
+  variables = sharding.replicate(variables, mesh)
+  key = sharding.replicate(key, mesh)
   outputs, labels, ids = [], [], []
   for batch in batches:
     result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key))

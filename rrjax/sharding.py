@@ -51,4 +51,22 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """A copy of `tree` on every device of the mesh; `tree` must be the same on every process.
+
+  With several processes, `jax.device_put` refuses arrays committed to one local device
+  (jitted initialisations, restored weights), so each process fills its own devices.
+  """
+  target = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, target)
+  return jax.tree.map(lambda x: _replicate_across_processes(x, target), tree)
+
+
+def _replicate_across_processes(x, target: NamedSharding) -> jax.Array:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return jax.device_put(x, target)  # Already global: at most a reshard.
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _replicate_across_processes(jax.random.key_data(x), target)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(jax.device_get(x))
+  return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
