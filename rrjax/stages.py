@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -102,10 +103,16 @@ class Context:
   def writer(self) -> writers_lib.MetricWriter:
     return writers_lib.MetricWriter(self.workdir)
 
-  def key(self, name: str) -> jax.Array:
+  def key(self, name: str, impl: str | None = None) -> jax.Array:
     """An independent base key per purpose, from the config's seed."""
-    return jax.random.fold_in(jax.random.key(self.config.seed),
-                              int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little"))
+    return jax.random.fold_in(jax.random.key(self.config.seed, impl=impl),
+                              zlib.crc32(name.encode()))
+
+  def init_key(self, name: str) -> jax.Array:
+    """A key for parameter initialisation. "rbg" rather than the default threefry: as good
+    for drawing initial weights, and a large model's init compiles several times faster
+    (threefry's hash is unrolled per parameter tensor)."""
+    return self.key(name, impl="rbg")
 
   def train_loader(self, source, batch_size: int) -> pipeline.TrainLoader:
     return pipeline.TrainLoader(source, global_batch_size=batch_size, view=self.view,
@@ -162,7 +169,7 @@ def student_model(ctx: Context):
 
 
 def initial_student_variables(ctx: Context, model) -> dict:
-  return models.init_variables(_student_cfg(ctx.config), model, ctx.key("student_init"),
+  return models.init_variables(_student_cfg(ctx.config), model, ctx.init_key("student_init"),
                                ctx.config.data.image_size)
 
 
@@ -243,7 +250,7 @@ def probe_features(ctx: Context) -> tuple[objectives.FeatureFn, Any]:
     # SPEC E11: a supervised ImageNet network's pooled features (its head is unused).
     model = models.build_model(config_as_model(ctx.config.probe.imagenet_init), 1)
     return objectives.pre_logits_features(model), models.init_variables(
-        config_as_model(ctx.config.probe.imagenet_init), model, ctx.key("imagenet"),
+        config_as_model(ctx.config.probe.imagenet_init), model, ctx.init_key("imagenet"),
         ctx.config.data.image_size)
   raise ValueError(f"probe.features={kind!r}; allowed: {', '.join(config_lib.PROBE_FEATURES)}.")
 
@@ -321,7 +328,7 @@ def train_baseline(ctx: Context) -> train.FitResult:
   config = ctx.config
   model = baseline_model(ctx)
   params, model_state = _split_variables(models.init_variables(
-      config.baseline, model, ctx.key("baseline_init"), config.data.image_size))
+      config.baseline, model, ctx.init_key("baseline_init"), config.data.image_size))
   loader = ctx.train_loader(ctx.train_source, config.baseline.batch_size)
   num_steps = config.baseline.num_epochs * loader.steps_per_epoch
   tx = train.make_optimizer(learning_rate=config.baseline.learning_rate, total_steps=num_steps)

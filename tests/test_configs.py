@@ -88,6 +88,8 @@ def test_family_smoke_runs_end_to_end(family, tmp_path):
   config = config_lib.load_config(os.path.join(REPO, "configs", f"{family}.py") + ":smoke")
   config.unlock()
   config.eval.repeats = 1
+  # Agreement and zero-shot are tested with the mask family in tests/test_main.py.
+  config.eval.agreement = config.eval.zero_shot = False
   config.num_epochs = config.probe.num_epochs = config.baseline.num_epochs = 1
   stages.run_stages(config, str(tmp_path), mesh=sharding.make_mesh(jax.devices()[:1]))
   report = json.loads((tmp_path / "results.json").read_text())
