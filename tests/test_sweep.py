@@ -78,6 +78,11 @@ def test_expansion_and_printed_commands(smoke_env, tmp_path, capsys):
   lines = capsys.readouterr().out.splitlines()
   assert [shlex.split(line) for line in lines] == [r.command("python") for r in runs]
 
+  assert sweep.main([path, "--workdir_root=/runs", "--filter=0.75",
+                     "--launcher=sbatch 'launch/slurm.sbatch'", "--config.seed=3"]) == 0
+  assert shlex.split(capsys.readouterr().out) == [
+      "sbatch", "launch/slurm.sbatch", f"{path}:p=0.75", "/runs/tiny/p0.75", "--config.seed=3"]
+
 
 def test_mask_family_sweep(smoke_env):
   runs = sweep.sweep_runs(os.path.join(REPO, "configs", "mask.py"))

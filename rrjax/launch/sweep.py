@@ -4,6 +4,7 @@
   python -m rrjax.launch.sweep configs/mask.py --run            # run them in turn
   python -m rrjax.launch.sweep configs/mask.py --filter=p=0.9 --workdir_root=/data/runs \
       --config.data.root=/data/imagenet100   # --config.* overrides go to every run
+  python -m rrjax.launch.sweep configs/mask.py --run --launcher="sbatch launch/slurm.sbatch"
 
 A family file lists its runs with `get_sweep() -> list[str]`, each a `get_config`
 argument string. Run `ARG` of `configs/FAMILY.py` is
@@ -13,8 +14,9 @@ argument string. Run `ARG` of `configs/FAMILY.py` is
 with DIR = `run_dirname(ARG)`. Every run's config is built (and every override checked
 against it) before anything starts. `--run` skips runs whose workdir holds results.json
 (and `rrjax.main` itself skips a run's finished stages and resumes unfinished ones), and
-stops at the first run that fails. On many hosts, give each printed run's config and
-workdir to a `launch/` script instead.
+stops at the first run that fails. `--launcher=SCRIPT` starts each run as
+`SCRIPT CONFIG WORKDIR [overrides]` instead, with a `launch/` script (with `sbatch`, --run
+submits every unfinished run as its own job).
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ class Run:
   arg: str
   workdir: str
   overrides: tuple[str, ...] = ()
+  launcher: tuple[str, ...] = ()  # e.g. ("sbatch", "launch/slurm.sbatch")
 
   @property
   def config(self) -> str:
     return f"{self.config_path}:{self.arg}" if self.arg else self.config_path
 
   def command(self, python: str = sys.executable) -> list[str]:
+    if self.launcher:
+      return [*self.launcher, self.config, self.workdir, *self.overrides]
     return [python, "-m", "rrjax.main", f"--config={self.config}",
             f"--workdir={self.workdir}", *self.overrides]
 
@@ -98,7 +103,7 @@ def _check_overrides(overrides: Sequence[str], config, run_config: str) -> None:
 
 
 def sweep_runs(config_path: str, *, workdir_root: str = "workdirs", filter_text: str = "",
-               overrides: Sequence[str] = ()) -> list[Run]:
+               overrides: Sequence[str] = (), launcher: Sequence[str] = ()) -> list[Run]:
   """The runs of the family at `config_path` whose argument contains `filter_text`.
 
   Raises ValueError for a family without a usable `get_sweep`, runs that would share a
@@ -119,7 +124,7 @@ def sweep_runs(config_path: str, *, workdir_root: str = "workdirs", filter_text:
     raise ValueError(f"--filter={filter_text!r} matches none of the runs of {config_path}: "
                      f"{args}.")
   runs = [Run(config_path, arg, os.path.join(workdir_root, family, run_dirname(arg)),
-              tuple(overrides)) for arg in kept]
+              tuple(overrides), tuple(launcher)) for arg in kept]
   for run in runs:  # Fail on a bad run now, not hours into the sweep.
     config = config_lib.load_config(run.config)
     _check_overrides(overrides, config, run.config)
@@ -161,10 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="only runs whose get_config argument contains this text")
   parser.add_argument("--run", action="store_true",
                       help="run the commands one after another instead of printing them")
+  parser.add_argument("--launcher", default="",
+                      help="start runs as LAUNCHER CONFIG WORKDIR [overrides], e.g. "
+                      "'sbatch launch/slurm.sbatch' (default: python -m rrjax.main)")
   flags, overrides = parser.parse_known_args(argv)
   try:
     runs = sweep_runs(flags.config_path, workdir_root=flags.workdir_root,
-                      filter_text=flags.filter_text, overrides=overrides)
+                      filter_text=flags.filter_text, overrides=overrides,
+                      launcher=shlex.split(flags.launcher))
   except (ValueError, FileNotFoundError) as error:
     parser.exit(2, f"error: {error}\n")
   if not flags.run:
