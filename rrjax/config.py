@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.temperature = 0.1
 
   c.batch_size = 256                # global, over all devices and hosts
+  c.shard_params = False            # split large parameters/optimiser state over devices
   c.num_epochs = 25
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-4

@@ -70,3 +70,29 @@ def _replicate_across_processes(x, target: NamedSharding) -> jax.Array:
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
   host = np.asarray(jax.device_get(x))
   return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+
+# Tensors smaller than this stay replicated when parameters are sharded: splitting them
+# saves little memory and costs a gather each.
+SHARD_MIN_SIZE = 2**14
+
+
+def param_sharding(x, mesh: Mesh) -> NamedSharding:
+  """Splits a large tensor over the data axis along its largest evenly divisible axis
+  (ZeRO-3 / FSDP style: XLA gathers it where the computation needs it whole)."""
+  n = mesh.devices.size
+  divisible = [a for a in range(x.ndim) if x.shape[a] % n == 0]
+  if x.size < SHARD_MIN_SIZE or not divisible:
+    return replicated(mesh)
+  spec = [None] * x.ndim
+  spec[max(divisible, key=lambda a: x.shape[a])] = DATA_AXIS
+  return NamedSharding(mesh, P(*spec))
+
+
+def place_state(tree, mesh: Mesh, shard_params: bool = False):
+  """Training state on the mesh: replicated, or with its large tensors (parameters and
+  their optimiser moments alike) split over the data axis."""
+  tree = replicate(tree, mesh)
+  if not shard_params:
+    return tree
+  return jax.tree.map(lambda x: jax.device_put(x, param_sharding(x, mesh)), tree)

@@ -208,7 +208,7 @@ def train_student(ctx: Context) -> train.FitResult:
         prepare_batch=(lambda b: b) if online else ctx.with_targets,
         checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
         log_every=config.log_every_steps, writer=ctx.writer, name="student",
-        dynamic_loss_scale=state.loss_scale != 1.0)
+        dynamic_loss_scale=bool(state.loss_scale != 1.0), shard_params=config.shard_params)
   finally:
     loader.close()
 
@@ -339,7 +339,8 @@ def train_baseline(ctx: Context) -> train.FitResult:
         num_steps=num_steps, mesh=ctx.mesh, key=ctx.key("baseline"),
         workdir=os.path.join(ctx.workdir, "baseline"),
         checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
-        log_every=config.log_every_steps, writer=ctx.writer, name="baseline")
+        log_every=config.log_every_steps, writer=ctx.writer, name="baseline",
+        shard_params=config.shard_params)
   finally:
     loader.close()
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from rrjax import objectives, operators, sharding, train
 
@@ -153,3 +154,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
   with pytest.raises(FloatingPointError, match="step 3"):
     _fit(state, exploding_loss, tmp_path, ListLoader(batches))
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+
+
+def test_sharded_parameters_give_the_replicated_run(setup, tmp_path, monkeypatch):
+  loss_fn, state = setup
+  monkeypatch.setattr(sharding, "SHARD_MIN_SIZE", 1)
+  batches = _batches(3)
+  run = lambda shard, directory: train.fit(
+      state=state, loss_fn=loss_fn, loader=ListLoader(batches), num_steps=3,
+      mesh=sharding.make_mesh(), key=jax.random.key(3), workdir=str(directory),
+      checkpoint_every=3, log_every=1, shard_params=shard)
+  replicated, split = run(False, tmp_path / "replicated"), run(True, tmp_path / "split")
+  kernel = split.state.params["Dense_0"]["kernel"]  # [4, 8]: split along its 8 outputs
+  assert kernel.sharding.spec == P(None, "data")
+  assert split.state.opt_state[0].mu["Dense_0"]["kernel"].sharding.spec == P(None, "data")
+  for got, want in zip(jax.tree.leaves(split.state), jax.tree.leaves(replicated.state)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
