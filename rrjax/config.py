@@ -189,7 +189,7 @@ def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  config = module.get_config(arg) if arg else module.get_config()  # as config_flags
   config.lock()
   return config
 

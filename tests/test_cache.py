@@ -1,7 +1,6 @@
 """Teacher-embedding cache: build, resume, fingerprints, hosts/devices, object stores."""
 
 import concurrent.futures
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rrjax import config as config_lib
 from rrjax import sharding
 from rrjax.cache import (TeacherCache, build, build_cache, cache_fingerprint, from_config,
                          store, verify_cache)
@@ -296,16 +296,12 @@ def _write_config(directory, folder, cache, *, kind="python", name="",
 
 
 def _load_config(path):
-  spec = importlib.util.spec_from_file_location("cache_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config(str(path))
 
 
 def _cli(command, config_file, *extra, env=None, **popen):
   args = [sys.executable, "-m", "rrjax.cache", command, f"--config={config_file}", *extra]
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, REPO_DIR]),
-         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir, **(env or {})}
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, REPO_DIR]), **(env or {})}
   return subprocess.Popen(args, cwd=REPO_DIR, env=env, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, **popen)
 
