@@ -60,7 +60,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       model_cfg.model, model_cfg.width, model_cfg.init = "resnet18", 8, "random"
   c.batch_size, c.num_epochs = 16, 8
   c.optimizer.learning_rate = 3e-3
-  c.probe.batch_size, c.probe.num_epochs, c.probe.learning_rate = 16, 3, 1e-2
+  c.probe.batch_size, c.probe.num_epochs, c.probe.learning_rate = 16, 10, 1e-2
   c.baseline.batch_size, c.baseline.num_epochs = 16, 2
   c.eval.repeats, c.eval.batch_size = 2, 16
   c.checkpoint_every_steps, c.log_every_steps = 5, 5

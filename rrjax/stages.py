@@ -150,7 +150,7 @@ def run_cache(ctx: Context) -> dict:
   split when agreement is measured): computed once, by every host and device."""
   config = ctx.config
   built = {}
-  if (ctx.uses_cache() and "student" in config.stages) or config.probe.features == "clean_teacher":
+  if ctx.uses_cache() or config.probe.features == "clean_teacher":
     built["train"] = cache_config.build_from_config(
         config, ctx.workdir, ctx.teacher, ctx.train_source, split=config.data.train_split,
         view_set="train")
