@@ -1,0 +1,110 @@
+"""Stage objectives and feature functions against direct numpy computations, and the
+metric writer's files."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rrjax import objectives, operators, writers
+
+
+class TinyNet(nn.Module):
+  @nn.compact
+  def __call__(self, images01, *, train: bool):
+    x = jnp.mean(images01, axis=(1, 2))
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+    return nn.Dense(3)(x), {"pre_logits": x}
+
+
+@pytest.fixture(scope="module")
+def net():
+  model = TinyNet()
+  return model, model.init(jax.random.key(0), jnp.zeros((2, 4, 4, 3)), train=False)
+
+
+def _batch(n=6):
+  rng = np.random.default_rng(0)
+  return {"image": rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8),
+          "label": rng.integers(0, 3, n).astype(np.int32),
+          "target": rng.normal(size=(n, 3)).astype(np.float32)}
+
+
+def test_to_uint8_clips_and_rounds():
+  got = objectives.to_uint8(jnp.array([-0.2, 0.0, 0.5, 0.999, 1.7]))
+  np.testing.assert_array_equal(got, [0, 0, 128, 255, 255])
+  assert got.dtype == jnp.uint8
+  np.testing.assert_allclose(objectives.to_unit_range(jnp.array([0, 255], jnp.uint8)), [0, 1])
+
+
+def test_apply_model_updates_state_only_in_training(net):
+  model, variables = net
+  images = objectives.to_unit_range(_batch()["image"])
+  _, aux, new_state = objectives.apply_model(model, variables, images, train=True)
+  assert not np.allclose(new_state["batch_stats"]["BatchNorm_0"]["mean"],
+                         variables["batch_stats"]["BatchNorm_0"]["mean"])
+  _, _, same = objectives.apply_model(model, variables, images, train=False)
+  np.testing.assert_array_equal(same["batch_stats"]["BatchNorm_0"]["mean"],
+                                variables["batch_stats"]["BatchNorm_0"]["mean"])
+  features = objectives.pre_logits_features(model)(variables, images, {})
+  np.testing.assert_allclose(features, objectives.apply_model(model, variables, images,
+                                                              train=False)[1]["pre_logits"])
+
+
+def test_probe_loss_is_cross_entropy_of_a_linear_map_on_normalised_features(net):
+  model, variables = net
+  batch = _batch()
+  head = objectives.linear_head(3).init(jax.random.key(1), jnp.zeros((1, 3)))["params"]
+  identity = operators.build({"kind": "identity"})
+  loss, (_, metrics) = objectives.probe_loss(objectives.cached_clean_teacher_features,
+                                             identity, 3)(head, {}, batch, jax.random.key(0),
+                                                          None)
+  features = batch["target"] / np.linalg.norm(batch["target"], axis=1, keepdims=True)
+  logits = features @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
+  log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  np.testing.assert_allclose(loss, -np.mean(log_probs[np.arange(6), batch["label"]]), rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"],
+                             np.mean(np.argmax(logits, 1) == batch["label"]))
+
+
+def test_student_loss_uses_cache_targets_or_the_online_teacher(net):
+  model, variables = net
+  batch = _batch()
+  identity = operators.build({"kind": "identity"})
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+  cached = objectives.student_loss(model, identity, kind="mse", temperature=0.1)
+  teacher_apply = lambda p, images: images.astype(jnp.float32).mean((1, 2)) * p
+  online = objectives.student_loss(model, identity, kind="mse", temperature=0.1,
+                                   online_teacher=teacher_apply)
+  loss_cached = cached(params, state, dict(batch, target=teacher_apply(2.0, batch["image"])),
+                       jax.random.key(0), None)[0]
+  loss_online = online(params, state, batch, jax.random.key(0), 2.0)[0]
+  np.testing.assert_allclose(loss_cached, loss_online, rtol=1e-6)
+
+
+def test_classifier_loss_corrupts_then_classifies(net):
+  model, variables = net
+  batch = _batch()
+  mask_all = operators.build({"kind": "mask", "p": 1.0})
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+  loss, (new_state, _) = objectives.classifier_loss(model, mask_all)(
+      params, state, batch, jax.random.key(0), None)
+  # Every pixel masked: the network sees only zeros, so its logits are the same for all.
+  logits, _, _ = objectives.apply_model(model, variables, jnp.zeros((6, 4, 4, 3)), train=True)
+  log_probs = jax.nn.log_softmax(logits)
+  np.testing.assert_allclose(loss, -np.mean(log_probs[np.arange(6), batch["label"]]), rtol=1e-5)
+  assert "batch_stats" in new_state
+
+
+def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path))
+  writer.write_scalars(3, {"student/loss": 1.5})
+  writer.write_scalars(4, {"student/loss": 1.25})
+  writer.close()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["student/loss"]) for r in records] == [(3, 1.5), (4, 1.25)]
+  assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+  writers.MetricWriter(None).write_scalars(0, {"x": 1.0})  # Inactive: writes nothing.
