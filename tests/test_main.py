@@ -81,8 +81,10 @@ def test_rerun_skips_finished_stages(full_run, env):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, tmp_path):
   reference_dir, _, _ = full_run
-  process = subprocess.Popen(_command(tmp_path), env=env, cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # The stages up to the student are enough: the reference ran the same ones first.
+  command = _command(tmp_path, '--config.stages=("cache","student")')
+  process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
   checkpoint = tmp_path / "student" / "checkpoints" / "10"
   deadline = time.time() + 300
   while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
@@ -90,8 +92,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, t
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (tmp_path / "student" / "done.json").exists(), "killed too late to test resume"
-  resumed = subprocess.run(_command(tmp_path), env=env, capture_output=True, text=True,
-                           cwd=REPO)
+  resumed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
   assert resumed.returncode == 0, resumed.stderr[-12000:]
   assert "student: resumed from step" in resumed.stderr
   step, params = _student_params(tmp_path)
@@ -101,8 +102,6 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, t
   assert flat.keys() == reference_flat.keys()
   for key in flat:
     np.testing.assert_array_equal(flat[key], reference_flat[key], err_msg=str(key))
-  assert (json.loads((tmp_path / "results.json").read_text())
-          == json.loads((reference_dir / "results.json").read_text()))
 
 
 def test_misspelt_override_is_rejected_by_name(env, tmp_path):
