@@ -269,9 +269,11 @@ def train_probe(ctx: Context, fraction: float, features=None) -> train.FitResult
   if fraction < 1:
     source = subsets.Subset(source, subsets.class_balanced_indices(
         source.labels, fraction, config.seed))
-  # The paper's label-efficiency probes use batch 8 when the subset is small.
-  batch_size = config.probe.batch_size if len(source) >= 4 * config.probe.batch_size else max(
-      ctx.mesh.devices.size, 8)
+  # The paper's label-efficiency probes use batch 8 when the subset is small (here: the
+  # smallest multiple of the device count that is at least 8).
+  num_devices = ctx.mesh.devices.size
+  batch_size = (config.probe.batch_size if len(source) >= 4 * config.probe.batch_size
+                else -(-8 // num_devices) * num_devices)
   loader = ctx.train_loader(source, batch_size)
   num_steps = config.probe.num_epochs * loader.steps_per_epoch
   num_classes = ctx.train_source.num_classes
