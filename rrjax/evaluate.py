@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rrjax import sharding
+from rrjax import objectives, sharding
 
 # Which field of an operator spec is its severity, for `config.eval.levels`.
 LEVEL_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma", "block_mask": "size",
@@ -88,7 +88,7 @@ def _compiled_draws(output_fn: Callable, operator, repeats: int, replicated):
   corrupt = per_example_operator(operator)
 
   def repeated(variables, batch, key):
-    images = batch["image"].astype(jnp.float32) / 255.0
+    images = objectives.to_unit_range(batch["image"])
 
     def one_draw(r):
       keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, r), i))(batch["id"])

@@ -28,7 +28,7 @@ from transformers.models.clip.tokenization_clip import bytes_to_unicode  # noqa:
 from transformers.utils import cached_file  # noqa: E402
 from transformers.utils.hub import extract_commit_hash  # noqa: E402
 
-from rrjax import models  # noqa: E402
+from rrjax import models, objectives  # noqa: E402
 from rrjax.models import clip_vit  # noqa: E402
 
 # Files whose bytes determine a local checkpoint's image embeddings (with the
@@ -82,7 +82,7 @@ class HFCLIPTeacher:
 
   def apply(self, params, images):
     """Pure and jittable: uint8 images [B,S,S,3] -> float32 embeddings [B, dim]."""
-    return self.encoder.apply({"params": params}, images.astype(jnp.float32) / 255.0)[0]
+    return self.encoder.apply({"params": params}, objectives.to_unit_range(images))[0]
 
   def embed(self, images):
     if images.dtype != np.uint8 or images.shape[1:] != (self.image_size, self.image_size, 3):
