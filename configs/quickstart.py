@@ -1,7 +1,9 @@
 """Quickstart: the whole method on Imagenette (10 easy ImageNet classes, tfds downloads it
 by itself, 9,469 training / 3,925 validation images) with the real CLIP ViT-B/32 teacher
-(`openai/clip-vit-base-patch32`, from the Hugging Face hub) and a ResNet-50 student, 90%
-pixel masks, on a single GPU.
+(`openai/clip-vit-base-patch32`, transformers layout, from the Hugging Face hub) as the
+teacher and as the student's initialisation, 90% pixel masks, on a single GPU. The
+trained student is a drop-in robust CLIP: `python -m rrjax.export workdirs/quickstart
+--format hf --out DIR` writes it next to the original text tower.
 
   pip install -e ".[cuda12]"
   python -m rrjax.main --config=configs/quickstart.py --workdir=workdirs/quickstart
@@ -25,7 +27,6 @@ def get_config(arg=None):
   c.data.name, c.data.wnids = "imagenette", ""
   c.data.train_split, c.data.eval_split = "train", "validation"
   c.teacher.name = "openai/clip-vit-base-patch32"
-  c.student.model = "resnet50"
   c.student.dtype = "bfloat16"
   c.operator = {"kind": "mask", "p": args.p}
   c.cache.num_views = 10

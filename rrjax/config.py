@@ -19,7 +19,8 @@ PROBE_FEATURES = ("student", "teacher", "clean_teacher", "imagenet")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """SPEC §5 defaults: CLIP teacher, ResNet-101 student, 90% mask, the paper's optimiser."""
+  """SPEC §5 defaults, the paper's setting: OpenAI's CLIP RN101 as the teacher and as the
+  student's initialisation (no projection head), 90% mask, the paper's optimiser."""
   c = ml_collections.ConfigDict()
   c.experiment = ""                 # SPEC experiment id(s) this run belongs to, e.g. "E1"
   c.seed = 0
@@ -41,12 +42,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 8
 
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.kind = "hf_clip"        # "hf_clip" | "python"
-  c.teacher.name = "openai/clip-vit-base-patch32"
+  c.teacher.kind = "clip"           # "clip" (open_clip or transformers layout) | "python"
+  c.teacher.name = "timm/resnet101_clip.openai"  # hub id or local directory
   c.teacher.factory = ""            # "package.module:function" when kind == "python"
   c.teacher.mode = "cached"         # "cached" | "online"
   c.teacher.dtype = "float32"
-  c.teacher.from_pt = False
 
   c.cache = ml_collections.ConfigDict()
   c.cache.path = ""                 # default: WORKDIR/teacher_cache
@@ -55,12 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache.batch_size = 256
 
   c.student = ml_collections.ConfigDict()
-  c.student.model = "resnet101"     # resnet18|34|50|101|152 | clip_vit
-  c.student.init = "random"         # "random" | "imagenet:<hub id or dir>" | "teacher"
+  c.student.model = "clip"          # "clip" (the teacher's architecture) | resnet18..152
+  c.student.init = "teacher"        # "teacher" | "random" | "imagenet:<hub id or dir>" (ResNets)
   c.student.dtype = "float32"       # compute dtype; parameters stay float32
   c.student.width = 64              # ResNet stem/stage-1 width (64 = torchvision)
-  c.student.teacher_name = ""
-  c.student.restore_from = ""       # workdir of another run whose student to use (E4)       # clip_vit only: checkpoint to copy ("" = teacher.name)
+  c.student.teacher_name = ""       # model "clip": the checkpoint to copy ("" = teacher.name)
+  c.student.restore_from = ""       # workdir of another run whose student to use (E4)
 
   c.operator = ml_collections.ConfigDict({"kind": "mask", "p": 0.9})
 

@@ -15,19 +15,16 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("USE_TORCH", "0")
-os.environ.setdefault("USE_TF", "0")
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, checkpoints, results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-_VERSIONED = ("rrjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers",
-              "tensorflow-datasets", "grain", "numpy")
+_VERSIONED = ("rrjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "huggingface_hub",
+              "tokenizers", "tensorflow-datasets", "numpy")
 
 
 def initialize_distributed() -> None:

@@ -1,4 +1,5 @@
-"""Small stand-ins for the real thing: a generated image folder and a tiny random CLIP,
+"""Small stand-ins for the real thing: a generated image folder and a tiny random CLIP
+(a ModifiedResNet with a text tower, saved in the open_clip layout like the paper's RN101),
 so every config's `smoke` variant runs the whole method on a laptop CPU in about a
 minute, offline. Assets are created once (atomically) and reused.
 
@@ -35,11 +36,11 @@ def assets(root: str | None = None) -> dict[str, str]:
   root = root or os.environ.get("RRJAX_SMOKE_DIR",
                                 os.path.join(os.path.expanduser("~"), ".cache", "rrjax", "smoke"))
   from rrjax.data import synthetic
-  from rrjax.teachers import hf_clip
+  from rrjax.models import clip
   data = _ensure(os.path.join(root, "images"), lambda p: synthetic.make_image_folder(
       p, num_classes=NUM_CLASSES, per_class=24, splits=("train", "val"), size=40, seed=0))
-  teacher = _ensure(os.path.join(root, "tiny_clip"),
-                    lambda p: hf_clip.create_tiny_clip(p, image_size=IMAGE_SIZE, seed=0))
+  teacher = _ensure(os.path.join(root, "tiny_clip_rn"),
+                    lambda p: clip.create_tiny_clip(p, image_size=IMAGE_SIZE, seed=0))
   return {"data": data, "teacher": teacher}
 
 
@@ -53,10 +54,11 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.image_size, c.data.resize_size, c.data.crop_scale = IMAGE_SIZE, 36, (0.35, 1.0)
   c.data.num_workers = 2
   c.teacher.kind, c.teacher.name, c.teacher.factory, c.teacher.dtype = (
-      "hf_clip", paths["teacher"], "", "float32")
+      "clip", paths["teacher"], "", "float32")
   c.cache.num_views, c.cache.batch_size = 2, 16
+  c.student.teacher_name = ""  # The tiny teacher's tower, when the student is "clip".
   for model_cfg in (c.student, c.baseline):
-    if model_cfg.model != "clip_vit":
+    if model_cfg.model != "clip":
       model_cfg.model, model_cfg.width, model_cfg.init = "resnet18", 8, "random"
   c.batch_size, c.num_epochs = 16, 8
   c.optimizer.learning_rate = 3e-3

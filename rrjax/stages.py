@@ -35,7 +35,6 @@ def _student_cfg(config) -> ml_collections.ConfigDict:
   """`config.student` with `teacher_name` defaulting to the teacher's checkpoint."""
   cfg = ml_collections.ConfigDict(config.student.to_dict())
   cfg.teacher_name = cfg.teacher_name or config.teacher.name
-  cfg.from_pt = config.teacher.from_pt
   return cfg
 
 
@@ -450,9 +449,9 @@ def run_eval(ctx: Context) -> dict:
     methods.append(("baseline", 1.0, objectives.student_features(baseline_model(ctx)),
                     {"params": state.params, **state.model_state}))
   if config.eval.zero_shot and has_student and hasattr(ctx.teacher, "embed_text"):
-    from rrjax.teachers import hf_clip
+    from rrjax.teachers import clip as clip_teacher
     text = losses.l2_normalize(ctx.teacher.embed_text(
-        hf_clip.class_prompts(zero_shot_class_names(ctx))))
+        clip_teacher.class_prompts(zero_shot_class_names(ctx))))
     zero_shot = lambda v, corrupted, batch: 100 * losses.l2_normalize(
         embed(v["student"], corrupted, batch)) @ v["text"].T
     methods.append(("zero_shot", 0.0, zero_shot, {"student": variables, "text": text}))

@@ -412,9 +412,9 @@ def test_tiny_clip_cache_is_the_online_teacher_on_the_loader_crops(folder, tmp_p
   """Online mode == cached mode: for the crops the training loader hands the student,
   the cached targets equal the teacher applied to those crops now (float16 rounding)."""
   from rrjax.teachers import build_teacher
-  from rrjax.teachers.hf_clip import create_tiny_clip
+  from rrjax.models.clip import create_tiny_clip
   clip = create_tiny_clip(str(tmp_path / "clip"), image_size=32)
-  config = _load_config(_write_config(tmp_path, folder, tmp_path / "caches", kind="hf_clip",
+  config = _load_config(_write_config(tmp_path, folder, tmp_path / "caches", kind="clip",
                                       name=clip, factory="", size=32))
   config.teacher.mode = "online"
   teacher, source = build_teacher(config.teacher), sources.build_source(config.data, "train")

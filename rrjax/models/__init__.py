@@ -1,8 +1,10 @@
 """Students and supervised baselines: `build_model(cfg, num_outputs)`, `init_variables`.
 
-`cfg` is the `config.student` ConfigDict: `model` (a ResNet preset or "clip_vit"),
-`init` ("random", "imagenet:<hub id or local dir>", "teacher") and `dtype`
-("float32" | "bfloat16" | "float16", the compute dtype; parameters stay float32).
+`cfg` is the `config.student` ConfigDict: `model` (a ResNet preset, or "clip": the
+image tower of the CLIP checkpoint `teacher_name`, ViT or ModifiedResNet, with no extra
+head), `init` ("random", "imagenet:<hub id or local dir>" for ResNets, "teacher" for
+"clip": the checkpoint's own weights, the paper's setting) and `dtype` ("float32" |
+"bfloat16" | "float16", the compute dtype; parameters stay float32).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import jax.numpy as jnp
 from rrjax.models import pretrained, resnet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-MODEL_NAMES = (*resnet.PRESETS, "clip_vit")
+MODEL_NAMES = (*resnet.PRESETS, "clip")
+CLIP_INITS = ("teacher", "random")
 _IMAGENET = "imagenet:"
 
 
@@ -31,7 +34,15 @@ def _check_resnet_init(init: str) -> None:
     return
   raise ValueError(
       f"student.init={init!r} for a ResNet student; use 'random' or 'imagenet:<hub id or local "
-      "dir>' (e.g. 'imagenet:microsoft/resnet-101'); init='teacher' needs student.model='clip_vit'.")
+      "dir>' (e.g. 'imagenet:microsoft/resnet-101'); init='teacher' needs student.model='clip'.")
+
+
+def _clip_checkpoint(cfg):
+  from rrjax.models import clip
+  if cfg.get("init") not in CLIP_INITS:
+    raise ValueError(f"student.init={cfg.get('init')!r} for student.model='clip'; use one of "
+                     f"{list(CLIP_INITS)}.")
+  return clip.open_checkpoint(cfg.get("teacher_name"), "student.teacher_name")
 
 
 def build_model(cfg, num_outputs: int) -> nn.Module:
@@ -39,9 +50,15 @@ def build_model(cfg, num_outputs: int) -> nn.Module:
   -> `(outputs [B, num_outputs] float32, aux with "pre_logits")`."""
   if not isinstance(num_outputs, int) or num_outputs <= 0:
     raise ValueError(f"num_outputs={num_outputs!r} must be a positive int (teacher dim or classes).")
-  if cfg.model == "clip_vit":
-    from rrjax.models import clip_vit  # Imported only when used: it pulls in transformers.
-    return clip_vit.build(cfg, num_outputs)
+  if cfg.model == "clip":
+    from rrjax.models import clip
+    checkpoint = _clip_checkpoint(cfg)
+    if num_outputs != checkpoint.spec.embed_dim:
+      raise ValueError(
+          f"The clip student has no extra head: its output is the embedding dim "
+          f"{checkpoint.spec.embed_dim} of {checkpoint.name!r}, not {num_outputs}. Use a ResNet "
+          "student for other output sizes.")
+    return clip.CLIPImageEncoder(checkpoint.spec, parse_dtype(cfg.dtype))
   if cfg.model in resnet.PRESETS:
     _check_resnet_init(cfg.init)
     return resnet.resnet(cfg.model, num_outputs, parse_dtype(cfg.dtype),
@@ -54,10 +71,13 @@ def init_variables(cfg, module: nn.Module, rng, image_size: int) -> dict:
 
   ResNets: "random" or "imagenet:<name>" (backbone from the checkpoint, head random).
   """
-  if cfg.model == "clip_vit":
-    from rrjax.models import clip_vit
-    return clip_vit.init_variables(cfg, module, rng, image_size)
-  _check_resnet_init(cfg.init)
+  if cfg.model == "clip":
+    from rrjax.models import clip
+    checkpoint = _clip_checkpoint(cfg)
+    if cfg.init == "teacher":
+      return jax.tree.map(jnp.asarray, clip.image_variables(checkpoint.variables()))
+  else:
+    _check_resnet_init(cfg.init)
   # Read the checkpoint first: a wrong name or architecture fails before the compile.
   backbone = (pretrained.load_imagenet_resnet(cfg.init[len(_IMAGENET):], module)
               if cfg.init.startswith(_IMAGENET) else None)

@@ -1,9 +1,11 @@
 """Supervised ImageNet initialisation of ResNets from Hugging Face `microsoft/resnet-*`.
 
-The checkpoint (a hub id or a local directory) is read directly: flax_model.msgpack,
-or model.safetensors in PyTorch or Flax layout, so no torch is needed. rrjax does not
-go through FlaxResNetModel.from_pretrained for PyTorch weights because transformers
-4.x maps basic-block convs ("layer.0") to the wrong Flax names and silently leaves
+The checkpoint (a hub id or a local directory, see `rrjax.hub`) is read directly, with
+neither transformers nor torch: config.json as JSON, then the weights from
+flax_model.msgpack, model.safetensors (PyTorch or Flax layout) or pytorch_model.bin
+(unpickled by `rrjax.models.torch_pickle`, which refuses anything but tensors).
+transformers 5 has no Flax models, and transformers 4's FlaxResNetModel.from_pretrained
+mapped PyTorch basic-block convs ("layer.0") to the wrong Flax names, silently leaving
 them randomly initialised (ResNet-18/34). Variables are renamed into
 `rrjax.models.resnet.ResNet`'s layout; both follow torchvision (v1.5 bottlenecks, 7x7/2
 stem + max-pool), so the conversion is a pure renaming. The architecture is checked
@@ -13,7 +15,7 @@ the whole backbone. The head (embedding head or new classifier) stays fresh.
 
 from __future__ import annotations
 
-import os
+import json
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +24,26 @@ from flax import serialization
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from rrjax.models import resnet
-
-os.environ.setdefault("USE_TORCH", "0")
-os.environ.setdefault("USE_TF", "0")
+from rrjax import hub
+from rrjax.models import resnet, torch_pickle
 
 _HEAD = "head"
 _FLAX_WEIGHTS = "flax_model.msgpack"
 _SAFE_WEIGHTS = "model.safetensors"
 _TORCH_WEIGHTS = "pytorch_model.bin"
+_WEIGHTS = (_FLAX_WEIGHTS, _SAFE_WEIGHTS, _TORCH_WEIGHTS)  # In order of preference.
+# transformers' ResNetConfig defaults: config.json files written before a field existed
+# (downsample_in_bottleneck is from 2023, after microsoft/resnet-* were uploaded) mean these.
+_CONFIG_DEFAULTS = {
+    "layer_type": "bottleneck",
+    "depths": [3, 4, 6, 3],
+    "embedding_size": 64,
+    "hidden_sizes": [256, 512, 1024, 2048],
+    "num_channels": 3,
+    "hidden_act": "relu",
+    "downsample_in_first_stage": False,
+    "downsample_in_bottleneck": False,
+}
 
 
 def _rename(path: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -102,14 +115,16 @@ def _expected_config(module: resnet.ResNet) -> dict:
   }
 
 
-def check_architecture(config, module: resnet.ResNet, name_or_path: str) -> None:
-  """ValueError naming checkpoint and model when `config` (a ResNetConfig) differs from `module`."""
-  if getattr(config, "model_type", None) != "resnet":
+def check_architecture(config: dict, module: resnet.ResNet, name_or_path: str) -> None:
+  """ValueError naming checkpoint and model when `config` (the checkpoint's config.json
+  as a dict) differs from `module`."""
+  model_type = config.get("model_type")
+  if model_type != "resnet":
     raise ValueError(
-        f"{name_or_path!r} is a {getattr(config, 'model_type', '?')!r} checkpoint, not a Hugging "
-        "Face ResNet; use a microsoft/resnet-* hub id or a directory saved from one.")
+        f"{name_or_path!r} is a {model_type or '?'!r} checkpoint, not a Hugging Face ResNet; "
+        "use a microsoft/resnet-* hub id or a directory saved from one.")
   expected = _expected_config(module)
-  found = {key: getattr(config, key, None) for key in expected}
+  found = {key: config.get(key, _CONFIG_DEFAULTS[key]) for key in expected}
   found["depths"] = list(found["depths"] or [])
   found["hidden_sizes"] = list(found["hidden_sizes"] or [])
   differences = [f"{key}: checkpoint {found[key]} vs model {expected[key]}"
@@ -123,22 +138,30 @@ def check_architecture(config, module: resnet.ResNet, name_or_path: str) -> None
         "checkpoint's architecture or pick a checkpoint of the model's.")
 
 
-def _load_config(name_or_path: str):
-  from transformers import AutoConfig
+def _load_config(name_or_path: str) -> dict:
+  """config.json of a directory or hub repo as a dict; FileNotFoundError saying what to
+  give instead when there is none (no such directory, not a repo, offline and not cached)."""
+  advice = ("Give a local directory written by save_pretrained, or a hub id that is in the "
+            "local Hugging Face cache or downloadable.")
   try:
-    return AutoConfig.from_pretrained(name_or_path)
-  except OSError as e:
+    name = hub.check_name(name_or_path, "the ImageNet checkpoint")
+  except FileNotFoundError:
+    raise FileNotFoundError(f"ImageNet checkpoint {name_or_path!r}: no such directory. "
+                            f"{advice}") from None
+  try:
+    path = hub.require_file(name, ("config.json",), "Hugging Face config")
+  except OSError as e:  # Also the hub's HTTP errors (unknown or gated repo).
     raise FileNotFoundError(
-        f"cannot read a Hugging Face config for {name_or_path!r}: {e}. Give a local directory "
-        "written by save_pretrained, or a hub id that is in the local Hugging Face cache or "
-        "downloadable.") from e
-
-
-def _find(name_or_path: str, filename: str) -> str | None:
-  """Local path of `filename` in a directory or hub repo (downloaded if needed), or None."""
-  from transformers.utils import cached_file
-  return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False,
-                     _raise_exceptions_for_connection_errors=False)
+        f"cannot read a Hugging Face config for {name_or_path!r}: {e} {advice}") from e
+  with open(path) as f:
+    try:
+      config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); is {name_or_path!r} a Hugging Face "
+                       "checkpoint?") from e
+  if not isinstance(config, dict):
+    raise ValueError(f"{path} holds a {type(config).__name__}, not a Hugging Face config.")
+  return config
 
 
 def _read_safetensors(path: str) -> dict:
@@ -156,18 +179,16 @@ def _read_safetensors(path: str) -> dict:
 
 def read_hf_checkpoint(name_or_path: str) -> dict:
   """The nested {"params", "batch_stats"} of a Hugging Face ResNet checkpoint, in Flax
-  layout with transformers' names, from flax_model.msgpack or model.safetensors."""
-  if path := _find(name_or_path, _FLAX_WEIGHTS):
+  layout with transformers' names, from flax_model.msgpack, model.safetensors or
+  pytorch_model.bin (the first the checkpoint has)."""
+  path = hub.require_file(hub.check_name(name_or_path, "the ImageNet checkpoint"), _WEIGHTS,
+                          "ResNet weights")
+  if path.endswith(_FLAX_WEIGHTS):
     with open(path, "rb") as f:
       return serialization.msgpack_restore(f.read())
-  if path := _find(name_or_path, _SAFE_WEIGHTS):
+  if path.endswith(_SAFE_WEIGHTS):
     return _read_safetensors(path)
-  if _find(name_or_path, _TORCH_WEIGHTS):
-    raise FileNotFoundError(
-        f"{name_or_path!r} has only PyTorch pickle weights ({_TORCH_WEIGHTS}), and reading "
-        f"those needs torch, which rrjax does not install. Use a checkpoint with {_SAFE_WEIGHTS} "
-        f"or {_FLAX_WEIGHTS} (re-save it with save_pretrained where torch is available).")
-  raise FileNotFoundError(f"no {_FLAX_WEIGHTS} or {_SAFE_WEIGHTS} found for {name_or_path!r}.")
+  return pytorch_to_flax_layout(torch_pickle.load_state_dict(path))
 
 
 def _backbone_shapes(module: resnet.ResNet) -> dict:

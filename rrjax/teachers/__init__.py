@@ -1,8 +1,9 @@
 """Teachers R: `build_teacher(config.teacher)` -> an object with `image_size`, `dim`,
 `fingerprint` and `embed(images_uint8) -> [B, dim]` (see `plugin.validate_teacher`).
 
-Kinds: "hf_clip" (`hf_clip.HFCLIPTeacher`, a Hugging Face Flax CLIP image tower) and
-"python" (a plug-in built by `teacher.factory`, see `plugin`).
+Kinds: "clip" (`clip.CLIPTeacher`, any CLIP image tower in the open_clip or transformers
+layout, ViT or ModifiedResNet) and "python" (a plug-in built by `teacher.factory`, see
+`plugin`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from rrjax.teachers.plugin import validate_teacher
 TEACHER_MODES = ("cached", "online")
 
 
-def _build_hf_clip(cfg):
-  from rrjax.teachers import hf_clip  # Imports transformers: only when asked for.
-  return validate_teacher(hf_clip.build(cfg), "teacher.kind='hf_clip'",
+def _build_clip(cfg):
+  from rrjax.teachers import clip
+  return validate_teacher(clip.build(cfg), "teacher.kind='clip'",
                           online=cfg.get("mode", "cached") == "online")
 
 
-TEACHER_KINDS = {"hf_clip": _build_hf_clip, "python": plugin.build}
+TEACHER_KINDS = {"clip": _build_clip, "python": plugin.build}
 
 
 def build_teacher(cfg):
