@@ -1,7 +1,7 @@
-"""Teachers: the HF Flax CLIP teacher against transformers' own FlaxCLIPModel, plug-ins.
-
-A tiny random CLIP is created and saved with save_pretrained in the test; nothing
-touches the network.
+"""Teachers: the CLIP teacher's interface (embeddings against rrjax's towers, whose parity
+with open_clip and transformers is tests/test_clip.py), fingerprints, preprocessing from
+the checkpoint, precision, and plug-ins. Tiny random CLIPs are saved in the real on-disk
+layouts in the test; nothing touches the network.
 """
 
 import json
@@ -9,36 +9,26 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-from transformers import AutoTokenizer, CLIPImageProcessor, FlaxCLIPModel
 
 from rrjax import sharding
-from rrjax.teachers import build_teacher, hf_clip, validate_teacher
-
-CLASS_NAMES = ["tench", "golden retriever", "cassette player", "French horn"]
+from rrjax.models import clip
+from rrjax.teachers import build_teacher, validate_teacher
+from rrjax.teachers import clip as clip_teacher
 
 
 def teacher_config(**overrides):
-  fields = dict(kind="hf_clip", name="", factory="", mode="cached", dtype="float32",
-                from_pt=False)
+  fields = dict(kind="clip", name="", factory="", mode="cached", dtype="float32")
   return ml_collections.ConfigDict({**fields, **overrides})
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-  return hf_clip.create_tiny_clip(str(tmp_path_factory.mktemp("tiny_clip")))
-
-
-@pytest.fixture(scope="module")
-def reference(clip_dir):
-  """transformers' own model, parameters and jitted feature functions."""
-  model, params = FlaxCLIPModel.from_pretrained(clip_dir, _do_init=False)
-  image_features = jax.jit(lambda p, pixels: model.get_image_features(pixels, params=p))
-  text_features = jax.jit(lambda p, ids, mask: model.get_text_features(ids, mask, params=p))
-  return params, image_features, text_features
+  return clip.create_tiny_clip(str(tmp_path_factory.mktemp("tiny_vit")), vision="vit",
+                               layout="hf")
 
 
 @pytest.fixture(scope="module")
@@ -51,44 +41,10 @@ def images():
   return np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
 
 
-def processor_pixels(name, images):
-  return CLIPImageProcessor.from_pretrained(name)(list(images), return_tensors="np")[
-      "pixel_values"]
-
-
-def test_tiny_clip_has_working_tokenizer_and_processor(clip_dir):
-  model, _ = FlaxCLIPModel.from_pretrained(clip_dir, _do_init=False)
-  assert model.config.projection_dim == 16
-  assert model.config.vision_config.image_size == 32
-  processor = CLIPImageProcessor.from_pretrained(clip_dir)
-  assert processor.crop_size == {"height": 32, "width": 32}
-  assert processor.size == {"shortest_edge": 32}
-  tokenizer = AutoTokenizer.from_pretrained(clip_dir)
-  eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-  # CLIP reads text features at the end-of-text token, found by argmax of the ids.
-  assert eos == model.config.text_config.eos_token_id == len(tokenizer) - 1
-  for prompt in hf_clip.class_prompts(CLASS_NAMES):
-    ids = tokenizer(prompt)["input_ids"]
-    assert ids[0] == tokenizer.convert_tokens_to_ids("<|startoftext|>")
-    assert ids[-1] == eos and eos not in ids[:-1]  # Unknown tokens would map to eos.
-    decoded = tokenizer.decode(ids, skip_special_tokens=True)
-    assert decoded.replace(" ", "") == prompt.lower().replace(" ", "")
-
-
-def test_tiny_clip_is_seeded(clip_dir, tmp_path):
-  same = hf_clip.create_tiny_clip(str(tmp_path / "same"), seed=0)
-  other = hf_clip.create_tiny_clip(str(tmp_path / "other"), image_size=16, seed=1)
-  read = lambda d: open(os.path.join(d, "flax_model.msgpack"), "rb").read()
-  assert read(same) == read(clip_dir)
-  assert read(other) != read(clip_dir)
-  assert CLIPImageProcessor.from_pretrained(other).crop_size == {"height": 16, "width": 16}
-  with pytest.raises(ValueError, match="multiple of the patch size"):
-    hf_clip.create_tiny_clip(str(tmp_path / "bad"), image_size=20)
-
-
-def test_image_embeddings_match_transformers(teacher, reference, clip_dir, images):
-  params, image_features, _ = reference
-  expected = image_features(params, processor_pixels(clip_dir, images))
+def test_embeddings_are_the_image_tower_in_joint_space(teacher, clip_dir, images):
+  checkpoint = clip.open_checkpoint(clip_dir)
+  expected, _ = clip.CLIPImageEncoder(checkpoint.spec).apply(
+      clip.image_variables(checkpoint.variables()), jnp.asarray(images / np.float32(255)))
   got = teacher.embed(images)
   assert got.shape == (8, 16) and got.dtype == np.float32
   assert (teacher.image_size, teacher.dim) == (32, 16)
@@ -96,25 +52,23 @@ def test_image_embeddings_match_transformers(teacher, reference, clip_dir, image
   # Joint space before normalisation: CLIP's features are not unit vectors.
   assert np.abs(np.linalg.norm(got, axis=-1) - 1).max() > 0.01
   np.testing.assert_array_equal(jax.jit(teacher.apply)(teacher.params, images), got)
+  # Different images embed to clearly different directions (not a degenerate teacher).
+  unit = got / np.linalg.norm(got, axis=-1, keepdims=True)
+  assert (unit @ unit.T)[~np.eye(8, dtype=bool)].max() < 0.95
 
 
-def test_text_embeddings_match_transformers(teacher, reference, clip_dir):
-  params, _, text_features = reference
-  prompts = hf_clip.class_prompts(CLASS_NAMES)
-  # The reference pads only to the longest prompt; the teacher pads to the full length.
-  tokens = AutoTokenizer.from_pretrained(clip_dir)(prompts, padding=True, return_tensors="np")
-  expected = text_features(params, tokens["input_ids"], tokens["attention_mask"])
+def test_text_embeddings_use_the_checkpoint_tokenizer(teacher):
+  prompts = clip_teacher.class_prompts(["tench", "church"])
   got = teacher.embed_text(prompts)
-  assert got.shape == (4, 16)
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  assert got.shape == (2, 16) and not np.allclose(got[0], got[1])
 
 
 def test_class_prompts():
-  assert hf_clip.class_prompts(["cat", "sea lion"]) == ["a photo of a cat.",
-                                                        "a photo of a sea lion."]
-  assert hf_clip.class_prompts(["cat"], template="{} photo") == ["cat photo"]
+  assert clip_teacher.class_prompts(["cat", "sea lion"]) == ["a photo of a cat.",
+                                                             "a photo of a sea lion."]
+  assert clip_teacher.class_prompts(["cat"], template="{} photo") == ["cat photo"]
   with pytest.raises(ValueError, match="template"):
-    hf_clip.class_prompts(["cat"], template="a photo")
+    clip_teacher.class_prompts(["cat"], template="a photo")
 
 
 def test_embed_compiles_once_per_shape_and_checks_input(teacher, images):
@@ -140,46 +94,68 @@ def test_apply_under_a_sharded_batch(teacher, images):
 def test_fingerprint(teacher, clip_dir, tmp_path):
   again = build_teacher(teacher_config(name=clip_dir))
   assert again.fingerprint == teacher.fingerprint
-  other_model = hf_clip.create_tiny_clip(str(tmp_path / "other"), seed=1)
+  other_model = clip.create_tiny_clip(str(tmp_path / "other"), vision="vit", layout="hf", seed=1)
   assert build_teacher(teacher_config(name=other_model)).fingerprint != teacher.fingerprint
   half = build_teacher(teacher_config(name=clip_dir, dtype="bfloat16"))
   assert half.fingerprint != teacher.fingerprint
 
 
-def write_processor(src, dst, **fields):
+def edit_json(src, dst, filename, **fields):
   shutil.copytree(src, dst)
-  path = os.path.join(dst, "preprocessor_config.json")
-  config = json.load(open(path))
-  json.dump({**config, **fields}, open(path, "w"))
+  path = os.path.join(dst, filename)
+  with open(path) as f:
+    config = json.load(f)
+  for key, value in fields.items():
+    if isinstance(value, dict) and isinstance(config.get(key), dict):
+      value = {**config[key], **value}
+    config[key] = value
+  with open(path, "w") as f:
+    json.dump(config, f)
   return str(dst)
 
 
-def test_preprocessing_constants_come_from_the_checkpoint(
-    teacher, reference, clip_dir, images, tmp_path):
+def _as_if_normalised_with(images, teacher, mean, std):
+  """Float images that the teacher's own normalisation maps to (x - mean) / std."""
+  spec = teacher.checkpoint.spec.preprocess
+  x = (images / 255.0 - np.asarray(mean)) / np.asarray(std)
+  return (x * np.asarray(spec.std) + np.asarray(spec.mean)).astype(np.float32)
+
+
+@pytest.mark.parametrize("layout", ["hf", "open_clip"])
+def test_preprocessing_constants_come_from_the_checkpoint(teacher, clip_dir, images, tmp_path,
+                                                          layout):
   mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-  custom = build_teacher(teacher_config(
-      name=write_processor(clip_dir, tmp_path / "custom", image_mean=mean, image_std=std)))
-  assert custom.mean == tuple(mean) and custom.std == tuple(std)
+  if layout == "hf":
+    custom_dir = edit_json(clip_dir, tmp_path / "custom", "preprocessor_config.json",
+                           image_mean=mean, image_std=std)
+  else:
+    source = clip.create_tiny_clip(str(tmp_path / "oc"), vision="vit", layout="open_clip")
+    custom_dir = edit_json(source, tmp_path / "custom", "open_clip_config.json",
+                           preprocess_cfg={"mean": mean, "std": std})
+    teacher = build_teacher(teacher_config(name=source))
+  custom = build_teacher(teacher_config(name=custom_dir))
+  assert custom.checkpoint.spec.preprocess.mean == tuple(mean)
   assert custom.fingerprint != teacher.fingerprint
-  params, image_features, _ = reference
-  pixels = ((images / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
-  np.testing.assert_allclose(custom.embed(images[:3]), image_features(params, pixels[:3]),
-                             rtol=1e-5, atol=1e-5)
-  # Without a processor config: CLIP's standard constants and the model's image size.
+  expected = teacher.encoder.apply(teacher.params, jnp.asarray(
+      _as_if_normalised_with(images[:3], teacher, mean, std)))[0]
+  np.testing.assert_allclose(custom.embed(images[:3]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_processor_config_fallbacks_and_conflicts(clip_dir, tmp_path):
   bare = tmp_path / "bare"
   shutil.copytree(clip_dir, bare)
   os.remove(bare / "preprocessor_config.json")
-  fallback = build_teacher(teacher_config(name=str(bare)))
-  assert fallback.image_size == 32
-  np.testing.assert_allclose(fallback.mean, [0.48145466, 0.4578275, 0.40821073])
-  np.testing.assert_allclose(fallback.std, [0.26862954, 0.26130258, 0.27577711])
-  unnormalised = build_teacher(teacher_config(
-      name=write_processor(clip_dir, tmp_path / "plain", do_normalize=False)))
-  assert unnormalised.mean == (0, 0, 0) and unnormalised.std == (1, 1, 1)
+  spec = build_teacher(teacher_config(name=str(bare))).checkpoint.spec
+  assert spec.vision.image_size == 32
+  np.testing.assert_allclose(spec.preprocess.mean, [0.48145466, 0.4578275, 0.40821073])
+  np.testing.assert_allclose(spec.preprocess.std, [0.26862954, 0.26130258, 0.27577711])
+  plain = clip.open_checkpoint(edit_json(clip_dir, tmp_path / "plain", "preprocessor_config.json",
+                                         do_normalize=False))
+  assert plain.spec.preprocess.mean == (0, 0, 0) and plain.spec.preprocess.std == (1, 1, 1)
   for i, crop_size in enumerate([{"height": 48, "width": 48}, 48]):
     with pytest.raises(ValueError, match="crop_size"):
-      build_teacher(teacher_config(
-          name=write_processor(clip_dir, tmp_path / f"crop{i}", crop_size=crop_size)))
+      clip.open_checkpoint(edit_json(clip_dir, tmp_path / f"crop{i}", "preprocessor_config.json",
+                                     crop_size=crop_size))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -194,41 +170,9 @@ def test_half_precision_is_close_to_float32(teacher, clip_dir, images, dtype):
   assert not np.array_equal(got, expected)  # It really ran in half precision.
 
 
-def to_pytorch_names(params):
-  """Flax CLIP parameters under PyTorch names and layouts (as a PyTorch save writes)."""
-  tensors = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [k.key for k in path]
-    value = np.asarray(value)
-    if keys[-1] == "kernel" and value.ndim == 4:
-      keys[-1], value = "weight", value.transpose(3, 2, 0, 1)
-    elif keys[-1] == "kernel":
-      keys[-1], value = "weight", value.T
-    elif keys[-1] in ("scale", "embedding"):
-      keys[-1] = "weight"
-    tensors[".".join(keys)] = np.array(value, order="C")  # Keeps 0-d logit_scale 0-d.
-  return tensors
-
-
-def test_from_pt_loads_pytorch_weights(teacher, reference, clip_dir, images, tmp_path):
-  pt_dir = tmp_path / "pt"
-  shutil.copytree(clip_dir, pt_dir)
-  os.remove(pt_dir / "flax_model.msgpack")
-  save_file(to_pytorch_names(reference[0]), str(pt_dir / "model.safetensors"),
-            metadata={"format": "pt"})
-  loaded = build_teacher(teacher_config(name=str(pt_dir), from_pt=True))
-  np.testing.assert_array_equal(loaded.embed(images), teacher.embed(images))
-  assert loaded.fingerprint != teacher.fingerprint  # Different weight files.
-  # PyTorch-only checkpoints (common on the hub) load without from_pt too.
-  np.testing.assert_array_equal(build_teacher(teacher_config(name=str(pt_dir))).params[
-      "visual_projection"]["kernel"], teacher.params["visual_projection"]["kernel"])
-  with pytest.raises(FileNotFoundError, match="model.safetensors"):
-    build_teacher(teacher_config(name=clip_dir, from_pt=True))
-
-
 def test_build_teacher_rejects_bad_config(tmp_path):
-  with pytest.raises(ValueError, match=r"teacher.kind='clip'.*\['hf_clip', 'python'\]"):
-    build_teacher(teacher_config(kind="clip"))
+  with pytest.raises(ValueError, match=r"teacher.kind='hf_clip'.*\['clip', 'python'\]"):
+    build_teacher(teacher_config(kind="hf_clip"))
   with pytest.raises(ValueError, match="teacher.mode"):
     build_teacher(teacher_config(mode="live"))
   with pytest.raises(ValueError, match="teacher.name"):
