@@ -92,8 +92,20 @@ def random_variables(spec: CLIPSpec, seed: int = 0) -> dict:
     offset = 1.0 if name == "scale" else 0.0
     return (offset + 0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
 
-  flat = flatten_dict(variable_shapes(spec))
-  return unflatten_dict({path: draw(path, leaf) for path, leaf in flat.items()})
+  flat = {path: draw(path, leaf) for path, leaf in flatten_dict(variable_shapes(spec)).items()}
+  if spec.vision.kind == "resnet":
+    # Post-ReLU features are positive, so random kernels add a large image-independent
+    # component and every image embeds to nearly one direction (cosine ~0.97). Kernels
+    # with zero mean over their inputs respond to contrasts only (the stem's first conv
+    # keeps colour), and a small positional embedding lets the content through the
+    # attention pool: cosine between images ~0.5.
+    stem = ("params", "visual", "conv1", "kernel")
+    for path, value in flat.items():
+      if path[-1] == "kernel" and value.ndim == 4 and path != stem:
+        flat[path] = value - value.mean(axis=(0, 1, 2), keepdims=True)
+      elif path[-1] == "positional_embedding":
+        flat[path] = 0.1 * value
+  return unflatten_dict(flat)
 
 
 def tiny_spec(vision: str = "resnet", image_size: int = 32) -> CLIPSpec:
