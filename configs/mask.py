@@ -12,8 +12,9 @@ ResNet-101) and E13 (zero-shot with CLIP's text tower, reported by every eval).
   python -m rrjax.main --config=configs/mask.py:p=0.5-0.95,levels=0.96/0.99 --workdir=...
   python -m rrjax.main --config=configs/mask.py:smoke --workdir=/tmp/mask  # ~1.5 min CPU
 
-Sized for 8 A100/H100-class GPUs or a v4-32 slice (batch 256, ResNet-101 student, CLIP
-ViT-B/32 teacher cached once): roughly 2 GPU-hours for the cache of 25 views of the
+Sized for 8 A100/H100-class GPUs or a v4-32 slice (batch 256, the paper's setting: CLIP
+RN101 teacher, `timm/resnet101_clip.openai`, cached once, and an RN101 student
+initialised from it): roughly 2 GPU-hours for the cache of 25 views of the
 126,689 ImageNet-100 training images, then about 1 GPU-hour per student epoch; the probe
 and 10-draw evaluation take minutes. ImageNet-100 comes from tfds `imagenet2012`
 (prepared manually) or an image folder (`--config.data.source=folder
