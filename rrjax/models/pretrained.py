@@ -150,7 +150,9 @@ def _load_config(name_or_path: str) -> dict:
                             f"{advice}") from None
   try:
     path = hub.require_file(name, ("config.json",), "Hugging Face config")
-  except OSError as e:  # Also the hub's HTTP errors (unknown or gated repo).
+  except FileNotFoundError as e:  # Its message names the checkpoint and the file.
+    raise FileNotFoundError(f"{e} {advice}") from e
+  except OSError as e:  # The hub's HTTP errors: unknown or gated repo, network.
     raise FileNotFoundError(
         f"cannot read a Hugging Face config for {name_or_path!r}: {e} {advice}") from e
   with open(path) as f:
