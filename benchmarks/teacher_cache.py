@@ -1,11 +1,13 @@
 """Teacher-cache build speed next to the teacher's own forward speed, on the same devices.
 
-  python benchmarks/teacher_cache.py --teacher vit_b32 --num_images 256 --batch_size 64
-  python benchmarks/teacher_cache.py --teacher openai/clip-vit-base-patch32 --dtype bfloat16
+  python benchmarks/teacher_cache.py --teacher rn101 --num_images 256 --batch_size 64
+  python benchmarks/teacher_cache.py --teacher timm/resnet101_clip.openai --dtype bfloat16
 
---teacher: "tiny" (the test-sized random CLIP), "vit_b32" (a randomly initialised
-CLIP ViT-B/32 image tower: the real teacher's shape and cost, no download), or a CLIP
-checkpoint directory / hub id. Generates a JPEG image folder (sides around
+--teacher: "rn101" (default; the paper's teacher, CLIP RN101) or "vit_b32" (CLIP
+ViT-B/32): that image tower with random weights (`common.RandomCLIPTower`), the real
+teacher's shape and cost without a download; "tiny" (the test-sized random CLIP, written
+to disk and read back as a checkpoint); or a CLIP checkpoint directory / hub id
+(open_clip or transformers layout). Generates a JPEG image folder (sides around
 --image_px), then prints images/s of
 - the teacher's pure forward: the jitted, sharded apply on a batch already on device;
 - decode + crop alone on the host threads (what the host can feed);
@@ -22,16 +24,13 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("USE_TORCH", "0")
-os.environ.setdefault("USE_TF", "0")
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rrjax import sharding  # noqa: E402
-from rrjax.cache import TeacherForward, build_cache  # noqa: E402
-from rrjax.data import sources, synthetic, views  # noqa: E402
-from common import make_teacher  # noqa: E402  (benchmarks/common.py)
+from common import make_teacher  # benchmarks/common.py
+from rrjax import sharding
+from rrjax.cache import TeacherForward, build_cache
+from rrjax.data import sources, synthetic, views
 
 
 def forward_images_per_s(forward: TeacherForward, batch_size: int, image_size: int,
@@ -59,7 +58,7 @@ def host_images_per_s(source, spec: views.ViewSpec, num_workers: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--teacher", default="vit_b32")
+  parser.add_argument("--teacher", default="rn101")
   parser.add_argument("--dtype", default="float32", help="teacher compute dtype")
   parser.add_argument("--num_images", type=int, default=256)
   parser.add_argument("--image_px", type=int, default=320, help="source image side")

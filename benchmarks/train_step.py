@@ -1,21 +1,31 @@
 """Student training-step speed, per student and batch size, on all local devices.
 
   python benchmarks/train_step.py                                  # GPU/TPU defaults
-  python benchmarks/train_step.py --students resnet50 --batch_sizes 8 --image_size 64  # CPU
+  python benchmarks/train_step.py --students clip_rn101 resnet50 --batch_sizes 8 \
+      --image_size 64 --skip_online                                # CPU
 
-For each student (ResNet-50/101, and a CLIP ViT-B/32-sized image tower with random
-weights) and global batch size it prints: images/s and step time with cached teacher
-targets; the share of the step the corruption operator takes (the operator timed alone
-on the same batch); the online-teacher step time (a random ViT-B/32 teacher run inside
-the step) and the cached/online speed-up; model FLOPs utilisation where the device's
-peak is known (`common.PEAK_FLOPS`, or --peak_tflops). Then the evaluation protocol:
-decoding each image once and drawing R corruptions on device, against re-reading and
-re-decoding the data for each of the R draws.
+Students: "clip_rn101", the paper's (CLIP RN101's image tower initialised from the
+teacher's weights, as `student.model="clip", student.init="teacher"`, BatchNorm in
+train mode), "clip_vit_b32" (the same for CLIP ViT-B/32), and the ResNet students
+("resnet50", "resnet101", ..., random init). The CLIP towers are rrjax's own with random
+weights (`common.RandomCLIPTower`: the real models' cost without a download) at
+--image_size (a multiple of 32; 224 is the published models' size, smaller sizes only
+shrink the token grid, for CPU runs).
+
+For each student and global batch size it prints: images/s and step time with cached
+teacher targets; the share of the step the corruption operator takes (the operator timed
+alone on the same batch); the online-teacher step time (the random --teacher run inside
+the step, the paper's RN101 by default) and the cached/online speed-up; model FLOPs
+utilisation where the device's peak is known (`common.PEAK_FLOPS`, or --peak_tflops).
+Then the evaluation protocol for the first student: decoding each image once and drawing
+R corruptions on device, against re-reading and re-decoding the data for each of the R
+draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -26,17 +36,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common import PEAK_FLOPS, RandomCLIPViTB32, seconds_per_call
+from common import PEAK_FLOPS, TOWERS, RandomCLIPTower, seconds_per_call
 from rrjax import evaluate, models, objectives, operators, sharding, train
 from rrjax.data import pipeline, sources, synthetic, views
+from rrjax.models import clip
+
+# CLIP students by name -> the random tower (`common.TOWERS`) they are initialised from.
+CLIP_STUDENTS = {f"clip_{tower}": tower for tower in TOWERS}
 
 
-def make_student(name: str, dim: int, image_size: int, dtype: str):
-  """(module, variables) with random weights."""
-  if name == "clip_vit_b32":
-    tower = RandomCLIPViTB32(dtype)
-    return tower.encoder, {"params": jax.tree.map(lambda p: p.astype(jnp.float32),
-                                                  tower.params)}
+def make_student(name: str, dim: int, image_size: int, dtype: str, towers):
+  """(module, variables). CLIP students start from the teacher tower's float32 weights
+  and BatchNorm statistics (`towers(name)` -> `RandomCLIPTower`), as
+  `models.init_variables` does for init="teacher"; ResNets are randomly initialised."""
+  if name in CLIP_STUDENTS:
+    tower = towers(CLIP_STUDENTS[name])
+    if dim != tower.dim:
+      raise ValueError(f"{name} embeds to {tower.dim}, not {dim}: CLIP students have no head.")
+    module = clip.CLIPImageEncoder(tower.spec, models.parse_dtype(dtype, "--dtype"))
+    return module, jax.tree.map(jnp.asarray, tower.variables)
   cfg = ml_collections.ConfigDict({"model": name, "init": "random", "dtype": dtype})
   module = models.build_model(cfg, dim)
   return module, models.init_variables(cfg, module, jax.random.key(0), image_size)
@@ -92,7 +110,7 @@ def eval_protocol(args, mesh, module, variables, operator) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--students", nargs="+",
-                      default=["resnet50", "resnet101", "clip_vit_b32"])
+                      default=["resnet50", "resnet101", *CLIP_STUDENTS])
   parser.add_argument("--batch_sizes", nargs="+", type=int, default=[128, 256])
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--dtype", default="bfloat16")
@@ -101,18 +119,30 @@ def main():
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--eval_images", type=int, default=64)
   parser.add_argument("--num_workers", type=int, default=8)
+  parser.add_argument("--teacher", default="rn101", choices=sorted(TOWERS),
+                      help="the random teacher run inside the online step")
   parser.add_argument("--skip_online", action="store_true")
   args = parser.parse_args()
+  unknown = [n for n in args.students if n not in (*CLIP_STUDENTS, *models.resnet.PRESETS)]
+  if unknown:
+    parser.error(f"unknown students {unknown}; choose from "
+                 f"{[*CLIP_STUDENTS, *models.resnet.PRESETS]}.")
 
   mesh = sharding.make_mesh()
   device = jax.devices()[0].device_kind
   peak = args.peak_tflops * 1e12 or PEAK_FLOPS.get(device, 0.0) * mesh.devices.size
   operator = operators.build(json.loads(args.operator))
-  teacher = None if args.skip_online else RandomCLIPViTB32(args.dtype)
+  # One random tower per architecture, shared by the online teacher and the CLIP student
+  # initialised from it.
+  towers = functools.cache(lambda name: RandomCLIPTower(name, args.dtype, args.image_size))
+  teacher = None if args.skip_online else towers(args.teacher)
   print(f"{mesh.devices.size} x {device}, dtype {args.dtype}, {args.image_size}px, operator "
-        f"{operators.describe(json.loads(args.operator))}")
+        f"{operators.describe(json.loads(args.operator))}, online teacher "
+        f"{'skipped' if teacher is None else 'random ' + args.teacher}")
+  first = None
   for name in args.students:
-    module, variables = make_student(name, 512, args.image_size, args.dtype)
+    module, variables = make_student(name, 512, args.image_size, args.dtype, towers)
+    first = first or (module, variables)
     for batch_size in args.batch_sizes:
       rng = np.random.default_rng(0)
       host = {"image": rng.integers(0, 256, (batch_size, args.image_size, args.image_size, 3),
@@ -126,12 +156,12 @@ def main():
               f"{cached * 1e3:8.1f} ms, operator {100 * op_seconds / cached:5.1f}% of step")
       if peak:
         line += f", MFU {100 * flops / cached / peak:5.1f}%"
-      if teacher is not None and args.image_size == teacher.image_size:
+      if teacher is not None:
         online, _ = step_seconds(module, variables, operator, batch, mesh, teacher)
-        line += f", online teacher step {online * 1e3:8.1f} ms (cached {online / cached:.2f}x faster)"
+        line += (f", online teacher step {online * 1e3:8.1f} ms (cached {online / cached:.2f}x "
+                 "faster)")
       print(line, flush=True)
-  eval_protocol(args, mesh, *make_student(args.students[0], 512, args.image_size, args.dtype),
-                operator)
+  eval_protocol(args, mesh, *first, operator)
 
 
 if __name__ == "__main__":

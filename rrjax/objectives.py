@@ -34,7 +34,9 @@ def to_uint8(images01: jax.Array) -> jax.Array:
 
 def apply_model(model: nn.Module, variables, images01, *, train: bool):
   """`(outputs, aux, new_model_state)`; the state is {} for models without one."""
-  mutable = [c for c in variables if c != "params"] if train else False
+  # flax returns (outputs, state) for any list, even an empty one (a CLIP ViT has no
+  # state), so a model without state is applied with mutable=False.
+  mutable = ([c for c in variables if c != "params"] if train else False) or False
   result = model.apply(variables, images01, train=train, mutable=mutable)
   if mutable:
     (outputs, aux), new_state = result

@@ -54,6 +54,21 @@ def test_apply_model_updates_state_only_in_training(net):
                                                               train=False)[1]["pre_logits"])
 
 
+class StatelessNet(nn.Module):
+  @nn.compact
+  def __call__(self, images01, *, train: bool):
+    return nn.Dense(3)(jnp.mean(images01, axis=(1, 2))), {}
+
+
+def test_apply_model_without_state_in_training():
+  """A model with parameters only (a CLIP ViT student) trains like one with state."""
+  model = StatelessNet()
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 4, 4, 3)), train=False)
+  images = objectives.to_unit_range(_batch()["image"])
+  outputs, _, state = objectives.apply_model(model, variables, images, train=True)
+  assert outputs.shape == (6, 3) and state == {}
+
+
 def test_probe_loss_is_cross_entropy_of_a_linear_map_on_normalised_features(net):
   model, variables = net
   batch = _batch()
