@@ -25,7 +25,7 @@ from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from rrjax import hub
-from rrjax.models import resnet, torch_pickle
+from rrjax.models import resnet, torch_pickle, weight_files
 
 _HEAD = "head"
 _FLAX_WEIGHTS = "flax_model.msgpack"
@@ -167,11 +167,8 @@ def _load_config(name_or_path: str) -> dict:
 
 
 def _read_safetensors(path: str) -> dict:
-  from safetensors import safe_open
-  from safetensors.numpy import load_file
-  with safe_open(path, framework="numpy") as f:
-    layout = (f.metadata() or {}).get("format", "pt")
-  tensors = load_file(path)
+  tensors, metadata = weight_files.read_safetensors(path)
+  layout = metadata.get("format", "pt")
   if layout == "flax":  # transformers' Flax save_pretrained(safe_serialization=True).
     return unflatten_dict({tuple(key.split(".")): value for key, value in tensors.items()})
   if layout == "pt":

@@ -18,16 +18,14 @@ import dataclasses
 import functools
 import json
 import os
-import struct
 
-import ml_dtypes
 import numpy as np
 from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import save_file
 
 from rrjax import hub
-from rrjax.models import torch_pickle
+from rrjax.models import torch_pickle, weight_files
 from rrjax.models.clip import convert, spec as spec_lib, tokenizer as tokenizer_lib
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -36,26 +34,6 @@ HF_CONFIG = "config.json"
 HF_PROCESSOR = "preprocessor_config.json"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
               "flax_model.msgpack")
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
-                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a safetensors file as numpy arrays (bfloat16 included, which
-  safetensors' own numpy reader refuses)."""
-  with open(path, "rb") as f:
-    (size,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(size))
-  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
-  tensors = {}
-  for key, info in header.items():
-    if key == "__metadata__":
-      continue
-    start, end = info["data_offsets"]
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-    tensors[key] = np.array(data[start:end].view(dtype).reshape(info["shape"]))
-  return tensors
 
 
 def _read_json(path: str) -> dict:
@@ -99,9 +77,10 @@ class Checkpoint:
       shards = sorted(set(_read_json(path)["weight_map"].values()))
       state = {}
       for shard in shards:
-        state.update(read_safetensors(hub.require_file(self.name, (shard,), "weight shard")))
+        state.update(weight_files.read_safetensors(
+            hub.require_file(self.name, (shard,), "weight shard"))[0])
       return state
-    return read_safetensors(path)
+    return weight_files.read_safetensors(path)[0]
 
   def tokenizer(self) -> tokenizer_lib.CLIPTokenizer:
     """The checkpoint's own tokenizer files if it has them, else CLIP's standard BPE."""
