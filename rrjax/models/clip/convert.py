@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from rrjax.models.clip.spec import CLIPSpec
@@ -203,16 +204,17 @@ def _to_torch(values: list[np.ndarray], layout: str) -> np.ndarray:
 def to_state_dict(variables: dict, table: list[Entry]) -> dict[str, np.ndarray]:
   """rrjax variables -> PyTorch arrays by name (float32, contiguous), every key of
   `table`; BatchNorm gets the `num_batches_tracked` counters PyTorch expects."""
-  flat = {path: np.asarray(value, np.float32) for path, value in flatten_dict(
-      {k: dict(v) if hasattr(v, "items") else v for k, v in variables.items()}).items()}
+  flat = {path: np.asarray(value, np.float32)
+          for path, value in flatten_dict(unfreeze(variables)).items()}
   grouped: dict[str, list[Entry]] = {}
   for entry in table:
     grouped.setdefault(entry.key, []).append(entry)
   missing = sorted("/".join(e.path) for e in table if e.path not in flat)
   if missing:
     raise ValueError(f"the variables do not have this architecture: missing {missing[:3]}.")
-  state = {key: np.ascontiguousarray(_to_torch([flat[e.path] for e in entries],
-                                               entries[0].layout))
+  # np.require keeps 0-d arrays 0-d (logit_scale); ascontiguousarray would make them [1].
+  state = {key: np.require(_to_torch([flat[e.path] for e in entries], entries[0].layout),
+                           requirements="C")
            for key, entries in grouped.items()}
   for key in list(state):
     if key.endswith(".running_var"):

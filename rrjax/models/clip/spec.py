@@ -111,8 +111,9 @@ def from_hf_config(config: dict, processor: dict | None, where: str) -> CLIPSpec
                   vocab_size=int(t["vocab_size"]), width=int(t["hidden_size"]),
                   heads=int(t["num_attention_heads"]), layers=int(t["num_hidden_layers"]),
                   mlp_dim=int(t["intermediate_size"]), act=_check_act(t["hidden_act"], where),
-                  # transformers' legacy configs (eos_token_id 2) read the argmax token.
-                  eos_token_id=None if eos == 2 else int(eos))
+                  # transformers' legacy configs (eos_token_id 2) read the argmax token;
+                  # so does an end-of-text token that is the highest id (CLIP's vocabulary).
+                  eos_token_id=None if eos in (2, int(t["vocab_size"]) - 1) else int(eos))
   return CLIPSpec(embed_dim=int(config.get("projection_dim", 512)), vision=vision, text=text,
                   preprocess=_hf_preprocess(processor or {}, vision.image_size, where))
 
