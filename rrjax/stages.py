@@ -31,7 +31,7 @@ from rrjax.data import pipeline, sources, subsets
 from rrjax.data.views import ViewSpec
 
 
-def _student_cfg(config) -> ml_collections.ConfigDict:
+def student_config(config) -> ml_collections.ConfigDict:
   """`config.student` with `teacher_name` defaulting to the teacher's checkpoint."""
   cfg = ml_collections.ConfigDict(config.student.to_dict())
   cfg.teacher_name = cfg.teacher_name or config.teacher.name
@@ -164,11 +164,11 @@ def run_cache(ctx: Context) -> dict:
 
 
 def student_model(ctx: Context):
-  return models.build_model(_student_cfg(ctx.config), ctx.teacher.dim)
+  return models.build_model(student_config(ctx.config), ctx.teacher.dim)
 
 
 def initial_student_variables(ctx: Context, model) -> dict:
-  return models.init_variables(_student_cfg(ctx.config), model, ctx.init_key("student_init"),
+  return models.init_variables(student_config(ctx.config), model, ctx.init_key("student_init"),
                                ctx.config.data.image_size)
 
 
@@ -176,7 +176,7 @@ def _split_variables(variables: dict) -> tuple[Any, dict]:
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
-def _initial_student_state(ctx: Context, total_steps: int) -> train.TrainState:
+def initial_student_state(ctx: Context, total_steps: int) -> train.TrainState:
   config = ctx.config
   params, model_state = _split_variables(initial_student_variables(ctx, student_model(ctx)))
   tx = train.make_optimizer(
@@ -193,7 +193,7 @@ def train_student(ctx: Context) -> train.FitResult:
   config = ctx.config
   loader = ctx.train_loader(ctx.train_source, config.batch_size)
   num_steps = config.num_epochs * loader.steps_per_epoch
-  state = _initial_student_state(ctx, num_steps)
+  state = initial_student_state(ctx, num_steps)
   online = not ctx.uses_cache()
   loss_fn = objectives.student_loss(
       student_model(ctx), ctx.operator, kind=config.loss.kind,
@@ -226,7 +226,7 @@ def student_variables(ctx: Context) -> dict:
   if "student_variables" not in ctx.memo:
     if ctx.config.student.restore_from:
       state = train.load_final_state(os.path.join(ctx.config.student.restore_from, "student"),
-                                     _initial_student_state(ctx, 1), ctx.mesh)
+                                     initial_student_state(ctx, 1), ctx.mesh)
     else:
       state = train_student(ctx).state
     ctx.memo["student_variables"] = {"params": state.params, **state.model_state}

@@ -67,7 +67,11 @@ def test_mask_default_is_the_paper_setting():
           config.optimizer.weight_decay) == (256, 25, 3e-4, 1e-4)
   assert (config.probe.batch_size, config.probe.num_epochs, config.probe.learning_rate) == (
       128, 10, 1e-3)
-  assert config.eval.repeats == 10 and config.student.model == "resnet101"
+  assert config.eval.repeats == 10
+  # SPEC §5, §8: OpenAI's CLIP RN101 is the teacher and the student's initialisation.
+  assert (config.teacher.kind, config.teacher.name) == ("clip", "timm/resnet101_clip.openai")
+  assert (config.student.model, config.student.init, config.student.teacher_name) == (
+      "clip", "teacher", "")
 
 
 def test_arguments_parse_into_the_config():

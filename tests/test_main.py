@@ -54,9 +54,12 @@ def test_pipeline_end_to_end(full_run):
   assert seconds < 120, f"the smoke pipeline took {seconds:.0f}s"
   report = json.loads((workdir / "results.json").read_text())
   agreement = report["agreement"]["mask p=0.9"]
-  # The student learned the teacher: agreement on held-out corrupted images rises well
-  # above the untrained student's.
-  assert agreement["trained"]["cosine"] > agreement["initial"]["cosine"] + 0.15, agreement
+  # The student starts as the teacher (the paper's setting) and learns to map corrupted
+  # images to the teacher's clean embeddings: agreement on held-out corrupted images rises
+  # above the teacher's own on them.
+  trained, initial = agreement["trained"], agreement["initial"]
+  assert trained["cosine"] > initial["cosine"] + 0.02, agreement
+  assert trained["retrieval_at_1"] > 2 * initial["retrieval_at_1"], agreement
   probe = [r for r in report["results"] if r["method"] == "student_probe"][0]
   assert probe["top1"]["mean"] > 40  # 4 classes: chance is 25%.
   assert len(report["results"]) == 2  # the probe and zero-shot

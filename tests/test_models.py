@@ -41,7 +41,7 @@ def _images(n=BATCH, seed=0):
   return jax.random.uniform(jax.random.key(seed), (n, 32, 32, 3), jnp.float32)
 
 
-def _student_cfg(**overrides):
+def student_config(**overrides):
   return ml_collections.ConfigDict(
       {"model": "resnet50", "init": "random", "dtype": "float32", **overrides})
 
@@ -186,11 +186,11 @@ def test_half_precision_close_to_float32(tiny_variables, dtype):
 
 
 def test_build_model_maps_config():
-  module = models.build_model(_student_cfg(model="resnet101", dtype="bfloat16"), 512)
+  module = models.build_model(student_config(model="resnet101", dtype="bfloat16"), 512)
   assert isinstance(module, resnet.ResNet)
   assert module.stage_sizes == (3, 4, 23, 3) and module.block == "bottleneck"
   assert module.num_outputs == 512 and module.dtype == jnp.bfloat16
-  module = models.build_model(_student_cfg(model="resnet18", dtype="float16",
+  module = models.build_model(student_config(model="resnet18", dtype="float16",
                                            init="imagenet:microsoft/resnet-18"), 10)
   assert module.block == "basic" and module.dtype == jnp.float16
 
@@ -203,12 +203,12 @@ def test_build_model_maps_config():
 ])
 def test_build_model_rejects_bad_config(overrides, match):
   with pytest.raises(ValueError, match=match):
-    models.build_model(_student_cfg(**overrides), 10)
+    models.build_model(student_config(**overrides), 10)
 
 
 def test_build_model_rejects_bad_num_outputs():
   with pytest.raises(ValueError, match="num_outputs"):
-    models.build_model(_student_cfg(), 0)
+    models.build_model(student_config(), 0)
 
 
 # --- ImageNet initialisation from Hugging Face checkpoints ----------------------------
@@ -462,7 +462,7 @@ def test_init_variables_random_and_imagenet(torch_checkpoints):
   # default threefry (thousands of unrolled ops per parameter on CPU), and init_variables
   # is compiled twice here. What is checked does not depend on the generator.
   rng = jax.random.key(7, impl="rbg")
-  random_variables = models.init_variables(_student_cfg(model="resnet18"), module, rng, 32)
+  random_variables = models.init_variables(student_config(model="resnet18"), module, rng, 32)
   assert (jax.tree.map(lambda x: (x.shape, x.dtype), random_variables)
           == jax.tree.map(lambda x: (x.shape, x.dtype), unfreeze(_shapes(module))))
   # torchvision's initialisation: He normal over fan-out for convs, BN at 1/0, stats 0/1.
@@ -472,7 +472,7 @@ def test_init_variables_random_and_imagenet(torch_checkpoints):
   np.testing.assert_array_equal(random_variables["batch_stats"]["stem_bn"]["var"], 1.0)
 
   variables = models.init_variables(
-      _student_cfg(model="resnet18", init=f"imagenet:{directory}"), module, rng, 32)
+      student_config(model="resnet18", init=f"imagenet:{directory}"), module, rng, 32)
   backbone = pretrained.load_imagenet_resnet(directory, module)
   jax.tree.map(np.testing.assert_array_equal,
                {"params": {k: v for k, v in variables["params"].items() if k != "head"},

@@ -111,11 +111,17 @@ def test_two_processes_train_the_same_student(runs):
   assert step == shared_step == 6
   assert reference.keys() == shared.keys()
   # The runs differ only in floating-point reduction order (gloo's cross-process
-  # all-reduce vs the in-process one, on 1e-7-relative different targets); 6 Adam steps
-  # amplify that to about 1e-5 here, while one step moves parameters by ~lr = 3e-3.
+  # all-reduce vs the in-process one, on 1e-7-relative different targets). Adam divides
+  # each gradient element by its own running scale, so where a true gradient is ~0 it
+  # turns that rounding noise into steps of ~lr: a few such elements differ by a fraction
+  # of a step, while every tensor as a whole agrees to ~1e-5.
   for key in reference:
-    np.testing.assert_allclose(shared[key], reference[key], rtol=0, atol=1e-4,
-                               err_msg=str(key))
+    if key[-2:] == ("k_proj", "bias"):
+      # Attention is invariant to a key bias (it shifts every logit of a query equally):
+      # its true gradient is exactly 0, so it holds nothing but that noise.
+      continue
+    difference = np.linalg.norm(shared[key] - reference[key]) / np.linalg.norm(reference[key])
+    assert difference < 1e-3, (key, difference)
   metrics, shared_metrics = (_done(w, "student")["final_metrics"] for w in runs)
   assert metrics.keys() == shared_metrics.keys()
   for name in metrics:

@@ -33,7 +33,7 @@ class _Unavailable(metaclass=_AnyConstant):
 
 def _stand_in(name: str) -> types.ModuleType:
   module = types.ModuleType(name)
-  # A spec without a distribution: transformers then treats torchvision as absent.
+  # importlib.util.find_spec raises for a module whose __spec__ is None.
   module.__spec__ = importlib.machinery.ModuleSpec(name, None)
   module.__getattr__ = lambda attribute: (_ for _ in ()).throw(AttributeError(attribute)) \
       if attribute.startswith("__") else _Unavailable
@@ -41,15 +41,25 @@ def _stand_in(name: str) -> types.ModuleType:
 
 
 def import_open_clip():
-  """The open_clip module (with a stand-in torchvision when the real one is absent)."""
+  """The open_clip module (with a stand-in torchvision when the real one is absent).
+
+  The stand-in is visible only while open_clip is imported: transformers (imported first,
+  so its checks see no torchvision) and later imports never see it."""
   try:
     import torchvision  # noqa: F401
   except (ImportError, RuntimeError):
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-                 "torchvision.ops", "torchvision.ops.misc"):
+    import transformers  # noqa: F401  (decides once, now, that torchvision is absent)
+    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+             "torchvision.ops", "torchvision.ops.misc")
+    for name in names:
       sys.modules[name] = _stand_in(name)
       parent, _, child = name.rpartition(".")
       if parent:
         setattr(sys.modules[parent], child, sys.modules[name])
+    try:
+      import open_clip
+    finally:
+      for name in names:
+        sys.modules.pop(name, None)
   import open_clip
   return open_clip
