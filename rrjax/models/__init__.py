@@ -49,7 +49,8 @@ def build_model(cfg, num_outputs: int) -> nn.Module:
   """The student/baseline module: `apply(variables, images01, train=..., mutable=...)`
   -> `(outputs [B, num_outputs] float32, aux with "pre_logits")`."""
   if not isinstance(num_outputs, int) or num_outputs <= 0:
-    raise ValueError(f"num_outputs={num_outputs!r} must be a positive int (teacher dim or classes).")
+    raise ValueError(f"num_outputs={num_outputs!r} must be a positive int (teacher dim or "
+                     "classes).")
   if cfg.model == "clip":
     from rrjax.models import clip
     checkpoint = _clip_checkpoint(cfg)

@@ -42,6 +42,8 @@ class CLIPTeacher:
     self.params = jax.tree.map(lambda x: jnp.asarray(x, compute), clip.image_variables(variables))
     self._text_params = clip.text_params(variables) if spec.text else None
     self._embed = jax.jit(self.apply)
+    self._embed_tokens = (jax.jit(clip.CLIPText(spec.text, spec.embed_dim).apply)
+                          if spec.text else None)
 
   def apply(self, params, images):
     """Pure and jittable: uint8 images [B,S,S,3] -> float32 embeddings [B, dim].
@@ -59,10 +61,8 @@ class CLIPTeacher:
     if self._text_params is None:
       raise ValueError(f"{self.name} has no text tower; zero-shot needs one "
                        "(set --config.eval.zero_shot=False).")
-    spec = self.checkpoint.spec
     ids = self.checkpoint.tokenizer()(list(prompts))
-    text = clip.CLIPText(spec.text, spec.embed_dim)
-    return jax.jit(text.apply)({"params": self._text_params}, jnp.asarray(ids))
+    return self._embed_tokens({"params": self._text_params}, jnp.asarray(ids))
 
 
 def class_prompts(class_names, template: str = "a photo of a {}.") -> list[str]:

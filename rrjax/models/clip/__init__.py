@@ -49,11 +49,12 @@ def with_image_tower(variables: dict, image: dict) -> dict:
   student); the shapes must agree."""
   flat, new = flatten_dict(variables), flatten_dict(image)
   old = flatten_dict(image_variables(variables))
-  if {p: np.shape(v) for p, v in old.items()} != {p: np.shape(v) for p, v in new.items()}:
-    differing = sorted("/".join(p) for p in old.keys() ^ new.keys())[:3] or sorted(
-        "/".join(p) for p in old if np.shape(old[p]) != np.shape(new[p]))[:3]
+  differing = sorted("/".join(p) for p in old.keys() | new.keys()
+                     if p not in old or p not in new or np.shape(old[p]) != np.shape(new[p]))
+  if differing:
     raise ValueError("the image tower does not have the checkpoint's architecture (first "
-                     f"differences: {differing}); use the checkpoint the student was built from.")
+                     f"differences: {differing[:3]}); use the checkpoint the student was built "
+                     "from.")
   flat.update({p: np.asarray(jax.device_get(v), np.float32) for p, v in new.items()})
   return unflatten_dict(flat)
 
@@ -110,6 +111,8 @@ def random_variables(spec: CLIPSpec, seed: int = 0) -> dict:
 
 def tiny_spec(vision: str = "resnet", image_size: int = 32) -> CLIPSpec:
   """A tiny CLIP (both towers, CLIP's real vocabulary) for tests and smoke runs."""
+  if image_size % 32:
+    raise ValueError(f"image_size={image_size} must be a multiple of 32.")
   if vision == "resnet":
     tower = VisionSpec(kind="resnet", image_size=image_size, width=8, layers=(1, 1, 1, 1),
                        heads=4)
@@ -118,8 +121,6 @@ def tiny_spec(vision: str = "resnet", image_size: int = 32) -> CLIPSpec:
                        patch_size=8, mlp_dim=64)
   else:
     raise ValueError(f"vision={vision!r}; choose 'resnet' or 'vit'.")
-  if image_size % 32:
-    raise ValueError(f"image_size={image_size} must be a multiple of 32.")
   return CLIPSpec(embed_dim=16, vision=tower,
                   text=TextSpec(context_length=32, width=32, heads=4, layers=2, mlp_dim=64))
 

@@ -107,13 +107,8 @@ class Layers(nn.Module):
     return x
 
 
-class Encoder(nn.Module):
-  num_layers: int
-  width: int
-  heads: int
-  mlp_dim: int
-  act: str
-  dtype: Any = jnp.float32
+class Encoder(Layers):
+  """`Layers` one level down ("encoder/layers/0/..."), transformers' nesting."""
 
   @nn.compact
   def __call__(self, x, mask=None):
