@@ -2,6 +2,7 @@
 the whole pipeline, kill-and-resume to identical parameters, and bad input refused
 before anything compiles."""
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -36,10 +37,9 @@ def _command(workdir, *overrides):
 @pytest.fixture(scope="module")
 def full_run(env, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  start = time.perf_counter()
   done = subprocess.run(_command(workdir), env=env, capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-3000:]
-  return workdir, time.perf_counter() - start, done
+  return workdir, done
 
 
 def _student_params(workdir):
@@ -50,8 +50,7 @@ def _student_params(workdir):
 
 
 def test_pipeline_end_to_end(full_run):
-  workdir, seconds, done = full_run
-  assert seconds < 120, f"the smoke pipeline took {seconds:.0f}s"
+  workdir, done = full_run
   report = json.loads((workdir / "results.json").read_text())
   agreement = report["agreement"]["mask p=0.9"]
   # The student starts as the teacher (the paper's setting) and learns to map corrupted
@@ -70,11 +69,12 @@ def test_pipeline_end_to_end(full_run):
     assert json.loads((workdir / stage / "done.json").read_text())["seconds"] > 0
   assert "| student_probe | 1 | mask p=0.9 |" in done.stdout
   versions = json.loads((workdir / "versions.json").read_text())
-  assert versions["jax"] == "0.10.2"
+  assert versions["jax"] == importlib.metadata.version("jax")
+  assert versions["tokenizers"] == importlib.metadata.version("tokenizers")
 
 
 def test_rerun_skips_finished_stages(full_run, env):
-  workdir, seconds, _ = full_run
+  workdir, _ = full_run
   before = (workdir / "results.json").read_text()
   done = subprocess.run(_command(workdir), env=env, capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -83,7 +83,7 @@ def test_rerun_skips_finished_stages(full_run, env):
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, tmp_path):
-  reference_dir, _, _ = full_run
+  reference_dir, _ = full_run
   # The stages up to the student are enough: the reference ran the same ones first.
   command = _command(tmp_path, '--config.stages=("cache","student")')
   process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
