@@ -19,7 +19,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 
 from rrjax import operators
 from rrjax.baselines import pixel

@@ -7,7 +7,6 @@ imported once per module.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
