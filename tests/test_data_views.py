@@ -105,7 +105,7 @@ def test_view_spec_reads_config_and_matches_make_view():
                                        crop_ratio=(0.9, 1.1), view_mode="crop"))
   spec = views.ViewSpec.from_config(cfg)
   assert spec.as_dict() == {"size": 16, "resize_size": 20, "scale": [0.5, 1.0],
-                            "ratio": [0.9, 1.1], "mode": "crop"}
+                            "ratio": [0.9, 1.1], "mode": "crop", "decode": "full"}
   image = _image(30, 30)
   np.testing.assert_array_equal(
       spec(image, seed=2, example_id=3, view_index=1),

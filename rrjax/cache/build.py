@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from rrjax import sharding
 from rrjax.cache import store
+from rrjax.data import pipeline
 
 # Test hook: when set to N, the builder writes the data of the (N+1)-th chunk it
 # finishes in this run, prints HANG_MESSAGE and sleeps instead of marking it done, so a
@@ -255,7 +256,16 @@ class _ChunkWriter:
 
 
 def _example_views(source, row: int, views: Sequence[int], view_spec, seed: int) -> np.ndarray:
-  """Decodes example `row` once and cuts the requested views: uint8 [len(views), S, S, 3]."""
+  """Decodes example `row` once and cuts the requested views: uint8 [len(views), S, S, 3].
+  Reduced-size (draft) decoding depends on each view's crop, so those views are cut from
+  the file's bytes one by one, exactly as the training loader cuts them."""
+  if view_spec.decode != "full":
+    cut = [pipeline.example_view(source, row, view_spec, seed=seed, view_index=v)
+           for v in views]
+    if any(int(example_id) != row for _, _, example_id in cut):
+      raise ValueError(f"source[{row}] has another id; the cache addresses rows by example "
+                       "id, so the source's ids must be 0..len(source)-1 in order.")
+    return np.stack([image for image, _, _ in cut])
   example = source[row]
   if int(example["id"]) != row:
     raise ValueError(f"source[{row}]['id'] is {example['id']}; the cache addresses rows by "

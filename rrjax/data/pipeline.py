@@ -6,7 +6,9 @@ derived statelessly from the seed, so all processes agree on the global batch wi
 talking to each other, and a position (epoch, step) is all it takes to resume exactly.
 
 Decoding and cropping run in a pool of threads (PIL releases the GIL while it decodes
-and resamples), a few batches ahead of the consumer.
+and resamples), a few batches ahead of the consumer. Sources of encoded files are cut
+straight from their bytes (`example_view`), so training views can use reduced-size JPEG
+decoding (`ViewSpec.decode`) and no full-size array is copied around.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def _process_share(global_batch_size: int, process_index: int | None,
   return process_index, process_count, global_batch_size // process_count
 
 
+def example_view(source, index: int, view: ViewSpec, *, seed: int,
+                 view_index: int) -> tuple[np.ndarray, int, int]:
+  """(view `view_index` of example `index`, its label, its id): from the encoded bytes
+  when the source has them (`encoded_example`), else from the decoded image."""
+  if hasattr(source, "encoded_example"):
+    example = source.encoded_example(index)
+    image = view.from_encoded(example["encoded"], example["name"], seed=seed,
+                              example_id=example["id"], view_index=view_index)
+  else:
+    example = source[index]
+    image = view(example["image"], seed=seed, example_id=example["id"],
+                 view_index=view_index)
+  return image, example["label"], example["id"]
+
+
 class _Decoder:
   """Cuts views of source examples in a thread pool, keeping a few batches in flight."""
 
@@ -58,14 +75,9 @@ class _Decoder:
     self.source, self.view, self.seed = source, view, seed
     self.pool = concurrent.futures.ThreadPoolExecutor(num_workers)
 
-  def _example(self, index: int, view_index: int) -> tuple[np.ndarray, int, int]:
-    example = self.source[index]
-    image = self.view(example["image"], seed=self.seed, example_id=example["id"],
-                      view_index=view_index)
-    return image, example["label"], example["id"]
-
   def submit(self, indices: np.ndarray, view_indices: np.ndarray) -> list:
-    return [self.pool.submit(self._example, int(i), int(v))
+    return [self.pool.submit(example_view, self.source, int(i), self.view, seed=self.seed,
+                             view_index=int(v))
             for i, v in zip(indices, view_indices)]
 
   def collect(self, futures: list, view_indices: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,7 +2,10 @@
 
 Every source has `len(source)`, `source[i] -> {"image": uint8 [H,W,3], "label": int,
 "id": int}`, `num_classes`, `class_names` and `labels` (int64 [len], for class-balanced
-subsets). The example id of item i is always i: ids are dense, stable positions, so the
+subsets). Sources of encoded files (folders, records) also have `encoded_example(i) ->
+{"encoded": bytes, "name": str, "label": int, "id": int}`, which the loaders decode
+straight into views (`ViewSpec.from_encoded`: reduced-size JPEG decoding, no full-size
+array copies). The example id of item i is always i: ids are dense, stable positions, so the
 views (seeded by id) and anything cached per id line up across runs and hosts. This is
 grain's `RandomAccessDataSource` protocol.
 """
@@ -21,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+
+from rrjax.data import views
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm")
@@ -55,8 +60,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as pil:
       return np.asarray(pil.convert("RGB"))
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...).
-    raise ValueError(f"cannot decode image {name}: {e}. Fix or remove the file, or set "
-                     "data.skip_corrupt=True to skip unreadable files.") from e
+    raise views.decode_error(name, e) from e
 
 
 def _is_decodable(path: str) -> bool:
@@ -136,10 +140,15 @@ class ImageFolderSource:
     with open(self.files[i], "rb") as f:
       return f.read()
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
+  def encoded_example(self, i: int) -> dict[str, Any]:
     i = _check_index(i, len(self))
-    return {"image": decode_image(self.encoded(i), self.files[i]),
-            "label": int(self.labels[i]), "id": i}
+    return {"encoded": self.encoded(i), "name": self.files[i], "label": int(self.labels[i]),
+            "id": i}
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    example = self.encoded_example(i)
+    return {"image": decode_image(example["encoded"], example["name"]),
+            "label": example["label"], "id": example["id"]}
 
   def __repr__(self) -> str:
     return (f"ImageFolderSource({self.root!r}, {self.split!r}, {len(self)} images, "
@@ -306,11 +315,16 @@ class RecordSource:
   def encoded(self, i: int) -> bytes:
     return decode_record(self._data[_check_index(i, len(self))])[0]
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
+  def encoded_example(self, i: int) -> dict[str, Any]:
     i = _check_index(i, len(self))
     image_bytes, label, example_id = decode_record(self._data[i])
-    name = f"record {i} of {self.root}/{self.split}"
-    return {"image": decode_image(image_bytes, name), "label": label, "id": example_id}
+    return {"encoded": image_bytes, "name": f"record {i} of {self.root}/{self.split}",
+            "label": label, "id": example_id}
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    example = self.encoded_example(i)
+    return {"image": decode_image(example["encoded"], example["name"]),
+            "label": example["label"], "id": example["id"]}
 
   def __repr__(self) -> str:
     return f"RecordSource({self.root!r}, {self.split!r}, {len(self)} images)"
