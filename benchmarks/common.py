@@ -21,11 +21,6 @@ from rrjax import models, objectives
 from rrjax.models import clip
 from rrjax.teachers import build_teacher, validate_teacher
 
-# Dense bf16 peak FLOP/s by jax `device_kind`, for model FLOPs utilisation.
-PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
-              "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12}
-
 
 def seconds_per_call(fn, *args, repeats: int = 5) -> float:
   """Median wall time of `fn(*args)` after one excluded warm-up (compile) call."""

@@ -16,7 +16,8 @@ For each student and global batch size it prints: images/s and step time with ca
 teacher targets; the share of the step the corruption operator takes (the operator timed
 alone on the same batch); the online-teacher step time (the random --teacher run inside
 the step, the paper's RN101 by default) and the cached/online speed-up; model FLOPs
-utilisation where the device's peak is known (`common.PEAK_FLOPS`, or --peak_tflops).
+utilisation where the device's peak is known (`rrjax.train.PEAK_FLOPS`, or --peak_tflops
+per device).
 Then the evaluation protocol for the first student: decoding each image once and drawing
 R corruptions on device, against re-reading and re-decoding the data for each of the R
 draws.
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common import PEAK_FLOPS, TOWERS, RandomCLIPTower, seconds_per_call
+from common import TOWERS, RandomCLIPTower, seconds_per_call
 from rrjax import evaluate, models, objectives, operators, sharding, train
 from rrjax.data import pipeline, sources, synthetic, views
 from rrjax.models import clip
@@ -129,7 +130,8 @@ def main():
 
   mesh = sharding.make_mesh()
   device = jax.devices()[0].device_kind
-  peak = args.peak_tflops * 1e12 or PEAK_FLOPS.get(device, 0.0) * mesh.devices.size
+  # cost_analysis() counts one device's share of the step's FLOPs: compare with one peak.
+  peak = args.peak_tflops * 1e12 or train.PEAK_FLOPS.get(device, 0.0)
   operator = operators.build(json.loads(args.operator))
   # One random tower per architecture, shared by the online teacher and the CLIP student
   # initialised from it.

@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.08, 1.0)
   c.data.crop_ratio = (3 / 4, 4 / 3)
   c.data.view_mode = "crop"         # "crop" (ImageNet-style) | "resize" (CIFAR/STL)
+  c.data.decode = "full"            # "draft": training views of large JPEGs decoded at
+                                    # 1/2-1/8 scale (libjpeg DCT); other pixels, other cache
   c.data.skip_corrupt = False
   c.data.num_workers = 8
 
@@ -53,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache.num_views = 25            # training views per image (one per epoch by default)
   c.cache.dtype = "float16"
   c.cache.batch_size = 256
+  c.cache.ram_budget_gb = 8.0       # training lookups from RAM when the cache fits (0: off)
 
   c.student = ml_collections.ConfigDict()
   c.student.model = "clip"          # "clip" (the teacher's architecture) | resnet18..152
@@ -111,7 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.log_every_steps = 50
+  c.log_every_steps = 50            # metrics are averaged over each window of this many steps
+  c.profile_steps = ()              # (start, stop): jax.profiler trace of those training steps
   return c
 
 
@@ -221,6 +225,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     value = get_field(config, field)
     if value < 1:
       raise ValueError(f"{field}={value} must be at least 1.")
+  profile = tuple(config.profile_steps)
+  if profile and not (len(profile) == 2 and 0 <= profile[0] < profile[1]):
+    raise ValueError(f"profile_steps={profile} must be () or (start, stop) with "
+                     "0 <= start < stop; it traces steps start+1..stop of each training stage.")
+  if config.cache.ram_budget_gb < 0:
+    raise ValueError(f"cache.ram_budget_gb={config.cache.ram_budget_gb} must be >= 0 "
+                     "(0 keeps every lookup on the cache's storage).")
   for fraction in (config.probe.label_fraction, *config.probe.extra_label_fractions):
     if not 0 < fraction <= 1:
       raise ValueError(f"probe.label_fraction={fraction} must be in (0, 1].")

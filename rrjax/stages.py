@@ -128,8 +128,14 @@ class Context:
 
   @functools.cached_property
   def train_cache(self) -> cache_lib.TeacherCache:
-    return cache_config.open_cache(self.config, self.workdir, self.teacher, self.train_source,
-                                   split=self.config.data.train_split, view_set="train")
+    """The training views' cache, read into RAM once when it fits `cache.ram_budget_gb`:
+    every training step looks up a batch of random rows."""
+    cache = cache_config.open_cache(self.config, self.workdir, self.teacher,
+                                    self.train_source, split=self.config.data.train_split,
+                                    view_set="train")
+    if cache.keep_in_memory(self.config.cache.ram_budget_gb * 2**30):
+      logging.info("teacher cache %s: %.2f GB held in memory", cache.path, cache.nbytes / 1e9)
+    return cache
 
   @functools.cached_property
   def eval_cache(self) -> cache_lib.TeacherCache:
@@ -207,7 +213,8 @@ def train_student(ctx: Context) -> train.FitResult:
         prepare_batch=(lambda b: b) if online else ctx.with_targets,
         checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
         log_every=config.log_every_steps, writer=ctx.writer, name="student",
-        dynamic_loss_scale=bool(state.loss_scale != 1.0), shard_params=config.shard_params)
+        dynamic_loss_scale=bool(state.loss_scale != 1.0), shard_params=config.shard_params,
+        profile_steps=tuple(config.profile_steps))
   finally:
     loader.close()
 
@@ -291,7 +298,8 @@ def train_probe(ctx: Context, fraction: float, features=None) -> train.FitResult
         prepare_batch=ctx.with_targets if config.probe.features == "clean_teacher" else (
             lambda b: b),
         checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
-        log_every=config.log_every_steps, writer=ctx.writer, name=f"probe_{fraction:g}")
+        log_every=config.log_every_steps, writer=ctx.writer, name=f"probe_{fraction:g}",
+        profile_steps=tuple(config.profile_steps))
   finally:
     loader.close()
 
@@ -341,7 +349,7 @@ def train_baseline(ctx: Context) -> train.FitResult:
         workdir=os.path.join(ctx.workdir, "baseline"),
         checkpoint_every=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
         log_every=config.log_every_steps, writer=ctx.writer, name="baseline",
-        shard_params=config.shard_params)
+        shard_params=config.shard_params, profile_steps=tuple(config.profile_steps))
   finally:
     loader.close()
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
+import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax
 import jax
@@ -30,6 +32,18 @@ LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
 
 # Dynamic float16 loss scaling: halve on overflow, double after this many good steps.
 LOSS_SCALE_PERIOD = 2000
+
+# Prepared batches `fit` keeps ready on the devices ahead of the step that uses them.
+PREFETCH_DEPTH = 2
+
+# Steps an accelerator may have queued before the loop waits for the oldest (on CPU: 1).
+ACCELERATOR_STEPS_IN_FLIGHT = 3
+
+# Dense bf16 peak FLOP/s of one device, by jax `device_kind`: MFU is reported where the
+# device is listed here (the benchmarks use this table too).
+PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+              "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12}
 
 
 @flax.struct.dataclass
@@ -143,30 +157,126 @@ def load_final_state(workdir: str, like: TrainState, mesh) -> TrainState:
     manager.close()
 
 
-def _assert_finite(metrics: dict[str, float], step: int, directory: str) -> None:
-  if not np.isfinite(metrics["loss"]):
-    raise FloatingPointError(
-        f"the loss became {metrics['loss']} at step {step}; training stopped. The last good "
-        f"checkpoint is kept in {directory}. Lower the learning rate, enable "
-        "optimizer.grad_clip_norm, or use float32/bfloat16 compute.")
+class _Prefetcher:
+  """Reads, prepares and transfers the next batches in a background thread, at most
+  `PREFETCH_DEPTH` ahead, so that the loop's critical path is the compiled step alone.
+
+  Each batch comes with the loader's state after reading it: the position a checkpoint
+  saves once a step has consumed that batch (the loader itself is already further on).
+  An error in the thread (the loader's, a lookup's) is raised by `get` in its turn, after
+  the batches read before it.
+  """
+
+  def __init__(self, loader, count: int, prepare: Callable):
+    self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(loader, count, prepare),
+                                    name="rrjax-prefetch", daemon=True)
+    self._thread.start()
+
+  def _run(self, loader, count: int, prepare: Callable) -> None:
+    try:
+      iterator = iter(loader)
+      for _ in range(count):
+        batch = next(iterator)
+        if not self._put((prepare(batch), loader.get_state())):
+          return
+    except BaseException as e:  # KeyboardInterrupt too: the loop decides what to do.
+      self._put(e)
+
+  def _put(self, item) -> bool:
+    """Waits for room in the queue; False once `close` asked the thread to stop."""
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def get(self) -> tuple[Any, dict]:
+    item = self._queue.get()
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+
+def _step_flops(compiled) -> float | None:
+  """FLOPs of one step on one device, as XLA counts them; None where it does not."""
+  try:
+    flops = (compiled.cost_analysis() or {}).get("flops", 0.0)
+  except NotImplementedError:
+    return None
+  return float(flops) if flops > 0 else None
+
+
+class _Window:
+  """What the loop saw since the last log: each step's metrics (device arrays, fetched
+  together when the window closes), the batches' images and the time spent waiting for
+  the next prepared batch."""
+
+  def __init__(self, first_step: int):
+    self.first_step = first_step
+    self.start = time.perf_counter()
+    self.metrics: list[dict[str, jax.Array]] = []
+    self.images = 0
+    self.input_wait = 0.0
+
+  def close(self, step_flops: float | None, peak_flops: float | None,
+            ckpt_dir: str) -> dict[str, float]:
+    """Window means of the step metrics, throughput and input wait (and MFU where the
+    step's FLOPs and the device's peak are known); raises on a non-finite loss."""
+    per_step = jax.device_get(self.metrics)  # Also waits for the window's last step.
+    seconds = time.perf_counter() - self.start
+    losses = np.array([m["loss"] for m in per_step])
+    if not np.isfinite(losses).all():
+      _raise_not_finite(losses, self.first_step, ckpt_dir)
+    scalars = {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
+    steps_per_sec = len(per_step) / seconds
+    scalars.update(steps_per_sec=steps_per_sec, images_per_sec=self.images / seconds,
+                   input_wait_fraction=self.input_wait / seconds)
+    if step_flops and peak_flops:
+      scalars["mfu"] = step_flops * steps_per_sec / peak_flops
+    return scalars
+
+
+def _raise_not_finite(losses: np.ndarray, first_step: int, directory: str) -> None:
+  bad = int(np.argmin(np.isfinite(losses)))
+  raise FloatingPointError(
+      f"the loss became {losses[bad]} at step {first_step + bad}; training stopped. The last "
+      f"good checkpoint is kept in {directory}. Lower the learning rate, enable "
+      "optimizer.grad_clip_norm, or use float32/bfloat16 compute.")
 
 
 def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
         key: jax.Array, frozen=None, workdir: str, prepare_batch=lambda batch: batch,
         checkpoint_every: int = 1000, keep_checkpoints: int = 3, log_every: int = 50,
         writer: writers_lib.MetricWriter | None = None, name: str = "train",
-        dynamic_loss_scale: bool = False, shard_params: bool = False) -> FitResult:
+        dynamic_loss_scale: bool = False, shard_params: bool = False,
+        profile_steps: tuple[int, ...] = ()) -> FitResult:
   """Trains `state` for `num_steps` steps of `loss_fn` on batches from `loader`.
+
+  Batches are read, prepared and put on the devices by a background thread while steps
+  run. Every `log_every` steps the window's mean metrics, `steps_per_sec`,
+  `images_per_sec`, `input_wait_fraction` (share of the window's wall time the loop
+  waited for a prepared batch) and, where the device's peak is in `PEAK_FLOPS`, `mfu` go
+  to `writer` as `<name>/<metric>` and to the progress bar.
 
   Args:
     loader: yields host-local batches (dicts of numpy arrays) and has `get_state()` /
       `set_state(dict)` giving its exact position, saved with every checkpoint.
     prepare_batch: host-side hook adding what the step needs to a batch (e.g. cached
-      teacher embeddings looked up by id and view).
+      teacher embeddings looked up by id and view); runs in the background thread.
     workdir: checkpoints go to `workdir/checkpoints`; an existing one is resumed.
     dynamic_loss_scale: float16 training; `state.loss_scale` is the initial scale.
     shard_params: split large parameters and optimiser moments over the data axis
       instead of replicating them (`sharding.place_state`); same results, less memory.
+    profile_steps: `(start, stop)` writes a `jax.profiler` trace of steps start+1..stop
+      to `workdir/profile`; `()` traces nothing.
   """
   writer = writer or writers_lib.MetricWriter(None)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -187,29 +297,54 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
       out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated),
       donate_argnums=0)
   key = sharding.replicate(key, mesh)
+  # On CPU devices, two programs with collectives running together can deadlock XLA's
+  # in-process rendezvous: one step in flight there. Accelerators queue a few steps, so
+  # dispatch overlaps compute, while the batches they hold on device stay bounded.
+  steps_in_flight = 1 if jax.default_backend() == "cpu" else ACCELERATOR_STEPS_IN_FLIGHT
+  peak_flops = PEAK_FLOPS.get(jax.devices()[0].device_kind)
   start = time.perf_counter()
   progress = writers_lib.Progress(name, total=num_steps, initial=resumed_from)
-  metrics, host_metrics = None, {}
-  iterator: Iterator = iter(loader)
+  host_metrics: dict[str, float] = {}
+  prefetcher = _Prefetcher(loader, num_steps - resumed_from,
+                           lambda batch: sharding.shard_batch(prepare_batch(batch), mesh))
+  compiled, step_flops, window, tracing = None, None, None, False
   step = resumed_from
   try:
     while step < num_steps:
-      batch = sharding.shard_batch(prepare_batch(next(iterator)), mesh)
-      # One step in flight: the next batch is read and transferred while the previous
-      # step runs, but two steps never run at once. (On CPU devices, two programs with
-      # collectives running together can deadlock XLA's in-process rendezvous.)
-      jax.block_until_ready(metrics)
-      state, metrics = step_fn(state, batch, key, frozen)
+      wait_start = time.perf_counter()
+      batch, loader_state = prefetcher.get()
+      if compiled is None:
+        compiled = step_fn.lower(state, batch, key, frozen).compile()
+        step_flops = _step_flops(compiled)
+        window = _Window(step + 1)  # Opened after compiling: windows time the loop alone.
+      else:
+        window.input_wait += time.perf_counter() - wait_start
+      if len(window.metrics) >= steps_in_flight:
+        jax.block_until_ready(window.metrics[-steps_in_flight])
+      if profile_steps and step == profile_steps[0]:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        tracing = True
+      state, metrics = compiled(state, batch, key, frozen)
       step += 1
+      window.metrics.append(metrics)
+      window.images += jax.tree.leaves(batch)[0].shape[0]
+      if tracing and step == profile_steps[1]:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        tracing = False
       progress.update(step)
       if step % log_every == 0 or step == num_steps or step % checkpoint_every == 0:
-        host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _assert_finite(host_metrics, step, ckpt_dir)
+        host_metrics = window.close(step_flops, peak_flops, ckpt_dir)
         writer.write_scalars(step, {f"{name}/{k}": v for k, v in host_metrics.items()})
+        progress.set_postfix(host_metrics)
+        window = _Window(step + 1)
       if step % checkpoint_every == 0 or step == num_steps:
         manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader.get_state())))
+            state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader_state)))
   finally:
+    prefetcher.close()
+    if tracing:
+      jax.profiler.stop_trace()
     manager.wait_until_finished()
     manager.close()
     progress.close()

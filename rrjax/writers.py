@@ -38,7 +38,8 @@ class MetricWriter:
 
 
 class Progress:
-  """A tqdm bar (steps/s and ETA) on the main process; silent elsewhere."""
+  """A tqdm bar (steps/s and ETA, and the last logging window's metrics) on the main
+  process; silent elsewhere."""
 
   def __init__(self, name: str, total: int, initial: int = 0):
     self._bar = (tqdm.tqdm(total=total, initial=initial, desc=name, unit="step",
@@ -50,6 +51,11 @@ class Progress:
     if self._bar is not None:
       self._bar.update(step - self._last)
       self._last = step
+
+  def set_postfix(self, scalars: dict[str, float]) -> None:
+    """Shows `scalars` after the bar until the next call (drawn with the next update)."""
+    if self._bar is not None:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
 
   def close(self) -> None:
     if self._bar is not None:

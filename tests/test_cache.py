@@ -147,6 +147,21 @@ def test_lookup_rejects_unknown_views_and_ids(reference):
     cache.lookup([20], 1)
 
 
+def test_lookups_from_memory_equal_lookups_from_the_store(reference):
+  stored = TeacherCache.open(str(reference[0]))
+  resident = TeacherCache.open(str(reference[0]))
+  assert not resident.keep_in_memory(resident.nbytes - 1)  # Over the budget: stays put.
+  assert resident.keep_in_memory(resident.nbytes)
+  ids = np.array([19, 0, 7, 7, 12, 3])
+  views = np.array([2, 1, 1, 2, 2, 1])
+  got = resident.lookup(ids, views)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, stored.lookup(ids, views))
+  np.testing.assert_array_equal(resident.lookup([3, 4], 2), stored.lookup([3, 4], 2))
+  with pytest.raises(ValueError, match=r"views \[0\] are not in the cache"):
+    resident.lookup([1], 0)
+
+
 def test_rebuilding_a_finished_cache_computes_nothing(reference, teacher, source):
   report = _build(teacher, source, reference[0])
   assert (report.chunks_already_done, report.chunks_computed, report.images_computed) == (

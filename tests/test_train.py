@@ -1,15 +1,17 @@
 """The shared training loop: optimiser, sharded == single device, loss scaling, NaN stop,
 resume from a checkpoint == uninterrupted run."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from rrjax import objectives, operators, sharding, train
+from rrjax import writers as writers_lib
 
 
 class TinyStudent(nn.Module):
@@ -170,3 +172,36 @@ def test_sharded_parameters_give_the_replicated_run(setup, tmp_path, monkeypatch
   assert split.state.opt_state[0].mu["Dense_0"]["kernel"].sharding.spec == P(None, "data")
   for got, want in zip(jax.tree.leaves(split.state), jax.tree.leaves(replicated.state)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _logged(directory):
+  return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_logged_metrics_are_window_means_with_throughput_and_input_wait(setup, tmp_path):
+  loss_fn, state = setup
+  batches = _batches(3)
+  run = lambda log_every, directory, profile_steps=(): train.fit(
+      state=state, loss_fn=loss_fn, loader=ListLoader(batches), num_steps=6,
+      mesh=sharding.make_mesh(), key=jax.random.key(3), workdir=str(directory),
+      checkpoint_every=6, log_every=log_every, writer=writers_lib.MetricWriter(str(directory)),
+      name="tiny", profile_steps=profile_steps)
+  every_step = run(1, tmp_path / "every_step")
+  windowed = run(3, tmp_path / "windowed", profile_steps=(1, 3))
+  assert list((tmp_path / "windowed" / "profile").rglob("*.xplane.pb"))
+  assert not (tmp_path / "every_step" / "profile").exists()
+  per_step = {r["step"]: r["tiny/loss"] for r in _logged(tmp_path / "every_step")}
+  assert sorted(per_step) == [1, 2, 3, 4, 5, 6]
+  records = _logged(tmp_path / "windowed")
+  assert [r["step"] for r in records] == [3, 6]
+  for record, steps in zip(records, ([1, 2, 3], [4, 5, 6])):
+    np.testing.assert_allclose(record["tiny/loss"], np.mean([per_step[s] for s in steps]),
+                               rtol=1e-6)
+    assert record["tiny/steps_per_sec"] > 0
+    np.testing.assert_allclose(record["tiny/images_per_sec"],
+                               16 * record["tiny/steps_per_sec"], rtol=1e-6)
+    assert 0 <= record["tiny/input_wait_fraction"] <= 1
+    assert "tiny/mfu" not in record  # No peak FLOP/s is known for CPUs.
+  assert windowed.last_metrics["loss"] == records[-1]["tiny/loss"]
+  for got, want in zip(jax.tree.leaves(windowed.state), jax.tree.leaves(every_step.state)):
+    np.testing.assert_array_equal(got, want)

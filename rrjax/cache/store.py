@@ -185,6 +185,7 @@ class TeacherCache:
     self._column = {v: i for i, v in enumerate(self.views)}
     self._chunk_done = np.zeros(self.num_chunks, dtype=bool)
     self._chunk_done[sorted(done)] = True
+    self._resident: np.ndarray | None = None  # The whole array, once `keep_in_memory`.
 
   @classmethod
   def open(cls, path: str, expected_fingerprint: Mapping[str, Any] | None = None, *,
@@ -251,6 +252,20 @@ class TeacherCache:
   def rows_remaining(self) -> int:
     return self.num_examples - len(self.finished_ids())
 
+  @property
+  def nbytes(self) -> int:
+    """Size of the whole array in its storage dtype."""
+    return self.num_examples * len(self.views) * self.dim * DTYPES[self.dtype].itemsize
+
+  def keep_in_memory(self, budget_bytes: float) -> bool:
+    """Reads the whole array into host memory once if it fits in `budget_bytes` (and the
+    build is complete); lookups then index it in numpy instead of reading the store, so a
+    training step never waits on storage latency (ImageNet-100 x 25 views x 512 float16
+    is 3.2 GB). Returns whether the array is now resident."""
+    if self._resident is None and self.is_complete and self.nbytes <= budget_bytes:
+      self._resident = self.to_numpy()
+    return self._resident is not None
+
   def finished_ids(self) -> np.ndarray:
     """Example ids whose chunks the build has finished (all of them when complete)."""
     ids = np.arange(self.num_examples)
@@ -273,7 +288,10 @@ class TeacherCache:
                        f"build has not finished; resume it with "
                        f"`{build_hint(self.fingerprint)}`.")
     columns = np.array([self._column[v] for v in views.tolist()], dtype=np.int64)
-    rows = self._array.vindex[ids, columns].read().result()
+    if self._resident is not None:
+      rows = self._resident[ids, columns]
+    else:
+      rows = self._array.vindex[ids, columns].read().result()
     return np.asarray(rows, dtype=np.float32).reshape(len(ids), self.dim)
 
   def to_numpy(self) -> np.ndarray:
