@@ -124,7 +124,8 @@ def test_two_processes_train_the_same_student(runs):
     assert difference < 1e-3, (key, difference)
   metrics, shared_metrics = (_done(w, "student")["final_metrics"] for w in runs)
   assert metrics.keys() == shared_metrics.keys()
-  for name in metrics:
+  timing = {"steps_per_sec", "images_per_sec", "input_wait_fraction", "mfu"}
+  for name in metrics.keys() - timing:  # Timings differ between runs by nature.
     np.testing.assert_allclose(shared_metrics[name], metrics[name], rtol=1e-4, err_msg=name)
 
 
