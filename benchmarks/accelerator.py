@@ -47,7 +47,6 @@ if HERE not in sys.path:  # common, train_step, ... when imported as a teacher f
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
@@ -56,7 +55,7 @@ import loop_overhead  # noqa: E402
 import teacher_cache  # noqa: E402
 import train_step  # noqa: E402
 from rrjax import config as config_lib  # noqa: E402
-from rrjax import models, operators, sharding, stages, train  # noqa: E402
+from rrjax import operators, sharding, stages, train  # noqa: E402
 from rrjax.cache import TeacherForward, build_cache  # noqa: E402
 from rrjax.data import pipeline, sources, synthetic, views  # noqa: E402
 from rrjax.models import clip  # noqa: E402
@@ -83,29 +82,16 @@ def tower_spec(name: str, image_size: int) -> clip.CLIPSpec:
   return common.clip_spec(name, image_size)
 
 
-class SpecTower(common.RandomCLIPTower):
-  """`common.RandomCLIPTower` for any tower of `tower_spec` (it only knows rn101 and
-  vit_b32 with a 512-d embedding): the same random weights, calibration and interface."""
-
-  def __init__(self, name: str, dtype: str = "float32", image_size: int = 224, seed: int = 0):
-    self.spec = tower_spec(name, image_size)
-    self.image_size, self.dim = image_size, self.spec.embed_dim
-    self.fingerprint = f"random-{name}-{image_size}px-seed{seed}-{dtype}"
-    variables = clip.image_variables(clip.random_variables(self.spec, seed))
-    calibration = np.random.default_rng(seed).random((4, image_size, image_size, 3), np.float32)
-    self.variables = common.calibrate_batch_stats(clip.CLIPImageEncoder(self.spec), variables,
-                                                  calibration)
-    compute = models.parse_dtype(dtype, "--dtype")
-    self.encoder = clip.CLIPImageEncoder(self.spec, compute)
-    self.params = jax.tree.map(lambda x: jnp.asarray(x, compute), self.variables)
-    self._embed = jax.jit(self.apply)
+def random_tower(name: str, dtype: str = "float32", image_size: int = 224):
+  """`common.RandomCLIPTower` for any tower of `tower_spec`."""
+  return common.RandomCLIPTower(name, dtype, image_size, spec=tower_spec(name, image_size))
 
 
 def teacher_factory(cfg):
   """`teacher.kind="python"`, `teacher.factory="accelerator:teacher_factory"`,
   `teacher.name="<tower>:<px>"` (e.g. "vit_b32:224"): a random tower, no download."""
   name, _, px = cfg.name.partition(":")
-  return SpecTower(name, cfg.get("dtype", "float32"), int(px or 224))
+  return random_tower(name, cfg.get("dtype", "float32"), int(px or 224))
 
 
 # Sizes of the full (one GPU, < 8 min) and --quick (CPU, < 1 min) runs.
@@ -146,7 +132,7 @@ def student_section(args, sizes: dict, workdir: str, finished: dict) -> dict:
   peak = train.PEAK_FLOPS.get(jax.devices()[0].device_kind, 0.0)
   operator = operators.build(OPERATOR)
   size = sizes["image_size"]
-  towers = functools.cache(lambda name: SpecTower(sizes["student_towers"].get(name, name),
+  towers = functools.cache(lambda name: random_tower(sizes["student_towers"].get(name, name),
                                                   args.dtype, size))
   rows = []
   for name in args.students or sizes["students"]:
@@ -173,7 +159,7 @@ def teacher_section(args, sizes: dict, workdir: str, finished: dict) -> dict:
   num_workers = os.cpu_count()
   rows = []
   for name in sizes["teachers"]:
-    teacher = validate_teacher(SpecTower(name, args.dtype, sizes["image_size"]),
+    teacher = validate_teacher(random_tower(name, args.dtype, sizes["image_size"]),
                                f"random {name}", online=True)
     spec = views.ViewSpec(size=teacher.image_size, resize_size=teacher.image_size * 256 // 224)
     forward = TeacherForward(teacher, sharding.make_mesh(jax.local_devices()))

@@ -86,11 +86,13 @@ class RandomCLIPTower:
   teacher and the jitted cache forward), computing in `dtype` like `CLIPTeacher`.
 
   `variables` (float32 numpy, BatchNorm statistics included) are what a "clip" student
-  initialised from this teacher starts from (`student.init = "teacher"`).
+  initialised from this teacher starts from (`student.init = "teacher"`). `spec` gives
+  another architecture than `TOWERS[name]` (e.g. ViT-L/14, or a tiny test tower).
   """
 
-  def __init__(self, name: str, dtype: str = "float32", image_size: int = 224, seed: int = 0):
-    self.spec = clip_spec(name, image_size)
+  def __init__(self, name: str, dtype: str = "float32", image_size: int = 224, seed: int = 0,
+               spec: clip.CLIPSpec | None = None):
+    self.spec = spec or clip_spec(name, image_size)
     self.image_size, self.dim = image_size, self.spec.embed_dim
     self.fingerprint = f"random-{name}-{image_size}px-seed{seed}-{dtype}"
     # Drawn in numpy: no init to compile.

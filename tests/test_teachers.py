@@ -57,10 +57,17 @@ def test_embeddings_are_the_image_tower_in_joint_space(teacher, clip_dir, images
   assert (unit @ unit.T)[~np.eye(8, dtype=bool)].max() < 0.95
 
 
-def test_text_embeddings_use_the_checkpoint_tokenizer(teacher):
+def test_text_embeddings_use_the_checkpoint_tokenizer(teacher, clip_dir):
+  """The tiny checkpoint's tokenizer files hold CLIP's standard vocabulary: the teacher's
+  text embeddings are the text tower on those ids, at the checkpoint's context length."""
   prompts = clip_teacher.class_prompts(["tench", "church"])
   got = teacher.embed_text(prompts)
+  checkpoint = clip.open_checkpoint(clip_dir)
+  ids = clip.tokenizer.standard(checkpoint.spec.text.context_length)(prompts)
+  expected = clip.CLIPText(checkpoint.spec.text, checkpoint.spec.embed_dim).apply(
+      {"params": clip.text_params(checkpoint.variables())}, jnp.asarray(ids))
   assert got.shape == (2, 16) and not np.allclose(got[0], got[1])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_class_prompts():
