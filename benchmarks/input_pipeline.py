@@ -11,8 +11,8 @@ images (sides drawn around --image_size) are used. The folder is prepared into t
 format, and `TrainLoader` (training views: random-resized-crop + flip) and `eval_batches`
 (resize 256, centre crop 224) are timed on both, for each --num_workers.
 Prints images/s of wall time and images per CPU-second (user + system time of this
-process, i.e. per fully used core), the number that says how many cores a host needs
-to feed its accelerators.
+process and of the worker processes cutting views, i.e. per fully used core), the number
+that says how many cores a host needs to feed its accelerators.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from rrjax.data import pipeline, prepare, sources, synthetic, views
+from rrjax.data import pipeline, prepare, sources, synthetic, views, workers
 
 
 def cut_photos(photos_dir: str, root: str, *, num_images: int, num_classes: int,
@@ -56,12 +56,15 @@ def cut_photos(photos_dir: str, root: str, *, num_images: int, num_classes: int,
     image.save(os.path.join(class_dir, f"{i:06d}.jpg"), quality=90)
 
 
-def _measure(batches, num_batches: int) -> tuple[float, float, int]:
-  """(wall seconds, CPU seconds, images) for `num_batches` batches after one warm-up."""
+def _measure(batches, cutter: workers.ViewCutter,
+             num_batches: int) -> tuple[float, float, int]:
+  """(wall seconds, CPU seconds of this process and the workers, images) for
+  `num_batches` batches after one warm-up."""
   next(batches)
-  wall, cpu = time.perf_counter(), time.process_time()
+  cpu = lambda: time.process_time() + cutter.worker_cpu_seconds
+  wall, cpu_start = time.perf_counter(), cpu()
   images = sum(next(batches)["image"].shape[0] for _ in range(num_batches))
-  return time.perf_counter() - wall, time.process_time() - cpu, images
+  return time.perf_counter() - wall, cpu() - cpu_start, images
 
 
 def main():
@@ -75,6 +78,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--num_batches", type=int, default=6)
   parser.add_argument("--num_workers", type=int, nargs="+", default=[os.cpu_count()])
+  parser.add_argument("--shorter_side", type=int, default=256,
+                      help="also time records prepared with this --shorter_side (0: skip)")
   parser.add_argument("--workdir", default="")
   args = parser.parse_args()
   workdir = args.workdir or tempfile.mkdtemp(prefix="rrjax_input_bench_")
@@ -88,35 +93,41 @@ def main():
       synthetic.make_image_folder(folder, num_classes=num_classes,
                                   per_class=args.num_images // num_classes,
                                   splits=("train",), size=args.image_size, seed=0)
-  records_dir = os.path.join(workdir, "records")
   folder_source = sources.ImageFolderSource(folder, "train")
-  if not os.path.isfile(sources.records_metadata_path(records_dir, "train")):
-    prepare.write_records(folder_source, records_dir, "train", num_shards=4,
-                          num_workers=max(args.num_workers))
+  timed = [("folder", folder_source)]
+  for name, shorter_side in [("records", 0), (f"rec{args.shorter_side}", args.shorter_side)]:
+    records_dir = os.path.join(workdir, name)
+    if not os.path.isfile(sources.records_metadata_path(records_dir, "train")):
+      prepare.write_records(folder_source, records_dir, "train", num_shards=4,
+                            num_workers=max(max(args.num_workers), 1),
+                            shorter_side=shorter_side)
+    timed.append((name, sources.RecordSource(records_dir, "train")))
+    if not args.shorter_side:
+      break
   spec = views.ViewSpec(size=224, resize_size=256, decode=args.decode)
   images_desc = (f"{args.photo_size[0]}x{args.photo_size[1]} photo crops from {args.photos}"
           if args.photos else f"generated ~{args.image_size}px images")
   print(f"{len(folder_source)} JPEGs ({images_desc}) in {workdir}; batch {args.batch_size}, "
         f"decode={args.decode}, {os.cpu_count()} CPUs")
   print(f"{'source':8s} {'views':6s} {'workers':>7s} {'images/s':>9s} {'images/CPU-s':>13s}")
-  for name, source in [("folder", folder_source),
-                       ("records", sources.RecordSource(records_dir, "train"))]:
+  for name, source in timed:
     for num_workers in args.num_workers:
-      train = pipeline.TrainLoader(source, global_batch_size=args.batch_size, view=spec,
-                                   num_views=10, seed=0, process_index=0, process_count=1,
-                                   num_workers=num_workers)
-      evaluation = pipeline.eval_batches(source, global_batch_size=args.batch_size,
-                                         view=spec, process_index=0, process_count=1,
-                                         num_workers=num_workers)
-      num_eval = min(args.num_batches, pipeline.num_eval_batches(len(source),
-                                                                 args.batch_size) - 1)
-      for kind, batches, num_batches in [("train", train, args.num_batches),
-                                         ("eval", evaluation, num_eval)]:
-        wall, cpu, images = _measure(batches, num_batches)
-        print(f"{name:8s} {kind:6s} {num_workers:7d} {images / wall:9.1f} "
-              f"{images / cpu:13.1f}")
-      train.close()
-      evaluation.close()
+      with workers.ViewCutter(source, spec, 0, num_workers) as cutter:
+        train = pipeline.TrainLoader(source, global_batch_size=args.batch_size, view=spec,
+                                     num_views=10, seed=0, process_index=0,
+                                     process_count=1, cutter=cutter)
+        evaluation = pipeline.eval_batches(source, global_batch_size=args.batch_size,
+                                           view=spec, process_index=0, process_count=1,
+                                           cutter=cutter)
+        num_eval = min(args.num_batches, pipeline.num_eval_batches(len(source),
+                                                                   args.batch_size) - 1)
+        for kind, batches, num_batches in [("train", train, args.num_batches),
+                                           ("eval", evaluation, num_eval)]:
+          wall, cpu, images = _measure(batches, cutter, num_batches)
+          print(f"{name:8s} {kind:6s} {num_workers:7d} {images / wall:9.1f} "
+                f"{images / cpu:13.1f}")
+        train.close()
+        evaluation.close()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.decode = "full"            # "draft": training views of large JPEGs decoded at
                                     # 1/2-1/8 scale (libjpeg DCT); other pixels, other cache
   c.data.skip_corrupt = False
-  c.data.num_workers = 8
+  c.data.num_workers = 8            # processes cutting views (0: in the main process)
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "clip"           # "clip" (open_clip or transformers layout) | "python"

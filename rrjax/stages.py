@@ -29,6 +29,7 @@ from rrjax import writers as writers_lib
 from rrjax.cache import from_config as cache_config
 from rrjax.data import pipeline, sources, subsets
 from rrjax.data.views import ViewSpec
+from rrjax.data.workers import ViewCutter
 
 
 def student_config(config) -> ml_collections.ConfigDict:
@@ -113,15 +114,31 @@ class Context:
     (threefry's hash is unrolled per parameter tensor)."""
     return self.key(name, impl="rbg")
 
+  def cutter(self, source) -> ViewCutter:
+    """The worker processes cutting `source`'s views: started once per run."""
+    if id(source) not in self._cutters:
+      self._cutters[id(source)] = ViewCutter(source, self.view, self.config.seed,
+                                             self.config.data.num_workers)
+    return self._cutters[id(source)]
+
+  @functools.cached_property
+  def _cutters(self) -> dict[int, ViewCutter]:
+    return {}
+
+  def close(self) -> None:
+    for cutter in self._cutters.values():
+      cutter.close()
+    self._cutters.clear()
+
   def train_loader(self, source, batch_size: int) -> pipeline.TrainLoader:
     return pipeline.TrainLoader(source, global_batch_size=batch_size, view=self.view,
                                 num_views=self.config.cache.num_views, seed=self.config.seed,
-                                num_workers=self.config.data.num_workers)
+                                cutter=self.cutter(source))
 
   def eval_batches(self, source):
     return pipeline.eval_batches(source, global_batch_size=self.config.eval.batch_size,
                                  view=self.view, seed=self.config.seed,
-                                 num_workers=self.config.data.num_workers)
+                                 cutter=self.cutter(source))
 
   def uses_cache(self) -> bool:
     return self.config.teacher.mode == "cached"
@@ -521,6 +538,14 @@ STAGE_FUNCTIONS = {"cache": run_cache, "student": run_student, "probe": run_prob
 def run_stages(config, workdir: str, mesh=None) -> dict[str, Any]:
   """Runs `config.stages` in order, skipping those finished before (their done.json)."""
   ctx = Context(config=config, workdir=workdir, mesh=mesh or sharding.make_mesh())
+  try:
+    return _run_stages(ctx)
+  finally:
+    ctx.close()
+
+
+def _run_stages(ctx: Context) -> dict[str, Any]:
+  config, workdir = ctx.config, ctx.workdir
   summaries = {}
   for stage in config.stages:
     done_path = os.path.join(workdir, stage, "done.json")

@@ -17,7 +17,7 @@ from rrjax import config as config_lib
 from rrjax import sharding
 from rrjax.cache import (TeacherCache, build, build_cache, cache_fingerprint, from_config,
                          store, verify_cache)
-from rrjax.data import sources
+from rrjax.data import prepare, sources
 from rrjax.data.pipeline import TrainLoader
 from rrjax.data.synthetic import make_image_folder
 from rrjax.data.views import ViewSpec
@@ -82,7 +82,7 @@ class ListSource:
 
 def _build(teacher, source, path, **overrides):
   kwargs = dict(view_spec=VIEW_SPEC, views=VIEWS, seed=0, batch_size=BATCH,
-                dataset={"name": "list", "split": "test"}, num_workers=2)
+                dataset={"name": "list", "split": "test"}, num_workers=0)
   kwargs.update(overrides)
   return build_cache(teacher, source, str(path), **kwargs)
 
@@ -446,3 +446,20 @@ def test_tiny_clip_cache_is_the_online_teacher_on_the_loader_crops(folder, tmp_p
       np.testing.assert_allclose(cached, online, rtol=0, atol=2 ** -10 * scale)
   finally:
     loader.close()
+
+
+def test_records_preparation_enters_the_dataset_identity(tmp_path):
+  """Records of smaller stored images give other views: another cache fingerprint."""
+  root = make_image_folder(str(tmp_path / "folder"), num_classes=2, per_class=2,
+                                     size=40, seed=0, splits=("train",))
+  folder = sources.ImageFolderSource(root, "train")
+  identities = []
+  for shorter_side in (0, 24):
+    out = str(tmp_path / "records")  # The same data.root both times.
+    prepare.write_records(folder, out, "train", shorter_side=shorter_side)
+    data = config_lib.base_config().data
+    data.update(dict(source="records", root=out, wnids=""))
+    identities.append(from_config.dataset_identity(data, "train",
+                                                   sources.RecordSource(out, "train")))
+  assert identities[0] != identities[1]
+  assert identities[1]["preparation"]["shorter_side"] == 24

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rrjax.cache import build
-from rrjax.data import pipeline, sources, views
+from rrjax.data import pipeline, sources, views, workers
 
 SIZE = 64  # Crop boxes of 600x480 images are often >= 2x and 4x this: drafts happen.
 HEIGHT, WIDTH = 480, 600
@@ -58,7 +57,7 @@ def jpegs() -> list[bytes]:
 
 def _view(spec, data, example_id, view_index):
   return spec.from_encoded(data, f"image {example_id}", seed=SEED, example_id=example_id,
-                           view_index=view_index)
+                           view_indices=[view_index])[0]
 
 
 def _draft_digest(paths) -> str:
@@ -149,17 +148,21 @@ def test_decode_mode_enters_the_cache_fingerprint():
     views.ViewSpec(decode="fast")
 
 
-def test_cache_builder_cuts_the_loaders_draft_views(jpegs, tmp_path):
-  """The teacher cache embeds exactly the views the training loader hands the student."""
+def test_views_of_one_decode_equal_views_decoded_one_by_one(jpegs, tmp_path):
+  """The cache builder cuts several views of an example from one decode (per reduction):
+  exactly the views the training loader cuts one at a time."""
   for i, data in enumerate(jpegs):
     (tmp_path / "train" / "c").mkdir(parents=True, exist_ok=True)
     (tmp_path / "train" / "c" / f"{i:02d}.jpg").write_bytes(data)
   source = sources.ImageFolderSource(str(tmp_path), "train")
-  for row in range(len(source)):
-    cached = build._example_views(source, row, TRAIN_VIEWS, DRAFT, SEED)
-    for image, v in zip(cached, TRAIN_VIEWS):
-      np.testing.assert_array_equal(
-          image, pipeline.example_view(source, row, DRAFT, seed=SEED, view_index=v)[0])
+  for spec in (FULL, DRAFT):
+    for row in range(len(source)):
+      together, label, example_id = workers.example_views(source, row, spec, seed=SEED,
+                                                          view_indices=(0, *TRAIN_VIEWS))
+      assert (label, example_id) == (0, row)
+      for image, v in zip(together, (0, *TRAIN_VIEWS)):
+        np.testing.assert_array_equal(
+            image, workers.example_view(source, row, spec, seed=SEED, view_index=v)[0])
 
 
 def test_loader_cuts_draft_views_from_the_files(jpegs, tmp_path):
@@ -176,3 +179,49 @@ def test_loader_cuts_draft_views_from_the_files(jpegs, tmp_path):
   for image, example_id, v in zip(batch["image"], batch["id"], batch["view"]):
     np.testing.assert_array_equal(
         image, _view(DRAFT, source.encoded(int(example_id)), int(example_id), int(v)))
+
+
+def _encoded(image: np.ndarray, mode: str = "RGB", **save) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).convert(mode).save(buf, "JPEG", **save)
+  return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode, save", [
+    ("RGB", dict(quality=90)),                        # 4:2:0, simplejpeg
+    ("RGB", dict(quality=95, subsampling=0)),         # 4:4:4, simplejpeg
+    ("RGB", dict(quality=90, progressive=True)),      # progressive, simplejpeg
+    ("L", dict(quality=90)),                          # greyscale, simplejpeg
+    ("CMYK", dict(quality=90)),                       # CMYK: PIL's colour conversion
+])
+def test_jpegs_decode_to_pils_pixels(mode, save):
+  """Whichever library decodes, the views are those of PIL's decoded image."""
+  data = _encoded(_photo_like(5)[:301, :389], mode, **save)
+  reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  for spec in (FULL, DRAFT):
+    for v in (0, *TRAIN_VIEWS):
+      expected = FULL(reference, seed=SEED, example_id=3, view_index=v)
+      if spec is DRAFT and v:  # Reduced decodes: PIL's draft gives the same pixels.
+        pil = Image.open(io.BytesIO(data))
+        params = spec.params(*reference.shape[:2], seed=SEED, example_id=3, view_index=v)
+        reduction = views._draft_reduction(params, v, "draft")
+        pil.draft("RGB", (pil.width // reduction, pil.height // reduction))
+        expected = views._cut(pil.convert("RGB"), reduction, params)
+      np.testing.assert_array_equal(_view(spec, data, 3, v), expected)
+
+
+def test_jpeg_with_a_libjpeg_warning_is_read_as_pil_reads_it():
+  """Extraneous bytes before a marker: libjpeg warns, PIL decodes anyway, and so do we."""
+  data = _encoded(_photo_like(6)[:200, :260], quality=90)
+  start_of_scan = data.index(b"\xff\xda")
+  damaged = data[:start_of_scan] + b"\x00\x17\x00" + data[start_of_scan:]
+  reference = np.asarray(Image.open(io.BytesIO(damaged)).convert("RGB"))
+  for v in (0, 1):
+    np.testing.assert_array_equal(
+        _view(FULL, damaged, 0, v), FULL(reference, seed=SEED, example_id=0, view_index=v))
+
+
+def test_bad_view_arguments_are_not_reported_as_bad_images(jpegs):
+  with pytest.raises(ValueError, match="must all be >= 0") as error:
+    _view(FULL, jpegs[0], -1, 1)
+  assert "cannot decode" not in str(error.value)

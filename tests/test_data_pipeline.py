@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rrjax import sharding
-from rrjax.data import pipeline, sources, synthetic, views
+from rrjax.data import pipeline, sources, synthetic, views, workers
 
 NUM_EXAMPLES = 21  # 3 classes x 7: no batch size used below divides it.
 VIEW = views.ViewSpec(size=8, resize_size=10)
@@ -184,3 +184,34 @@ def test_training_stream_is_identical_in_another_process(source):
   out = subprocess.run([sys.executable, "-c", _STREAM_HASH_SCRIPT, source.root], check=True,
                        capture_output=True, text=True)
   assert out.stdout.strip() == h.hexdigest()
+
+
+def test_worker_processes_cut_the_views_of_the_calling_thread(source, tmp_path):
+  indices, view_indices = [4, 4, 0, 20, 9, 4], [1, 2, 0, 3, 1, 0]
+  with workers.ViewCutter(source, VIEW, SEED, 0) as inline:
+    expected = inline.collect(inline.submit(indices, view_indices))
+  with workers.ViewCutter(source, VIEW, SEED, 2) as cutter:
+    first = cutter.submit(indices, view_indices)
+    dropped = cutter.submit(indices[:2], view_indices[:2])
+    cutter.discard(dropped)  # Its buffer is reused only once the workers are done.
+    again = cutter.submit(indices, view_indices)
+    for batch in (cutter.collect(first), cutter.collect(again)):
+      assert batch.keys() == expected.keys()
+      for key in expected:
+        np.testing.assert_array_equal(batch[key], expected[key])
+    assert cutter.worker_cpu_seconds > 0
+  for row, (i, v) in enumerate(zip(indices, view_indices)):
+    np.testing.assert_array_equal(expected["image"][row], _expected_view(source, i, v))
+
+
+def test_worker_errors_name_the_image_and_the_shared_memory_is_checked(tmp_path):
+  root = synthetic.make_image_folder(str(tmp_path), num_classes=1, per_class=2, size=12,
+                                     seed=3, splits=("train",), image_format="png")
+  broken = sources.ImageFolderSource(root, "train")
+  with open(broken.files[1], "wb") as f:
+    f.write(b"not an image")
+  with workers.ViewCutter(broken, VIEW, SEED, 1) as cutter:
+    with pytest.raises(ValueError, match=r"cannot decode image .*000001\.png"):
+      cutter.collect(cutter.submit([0, 1], [1, 1]))
+  with pytest.raises(RuntimeError, match="--shm-size"):
+    workers._check_shared_memory(2**62)

@@ -281,3 +281,33 @@ def test_grayscale_and_palette_files_become_rgb(tmp_path):
   assert len(source) == 2
   np.testing.assert_array_equal(source[0]["image"], np.stack([gray] * 3, -1))
   assert source[1]["image"].shape == (5, 7, 3) and source[1]["image"].dtype == np.uint8
+
+
+def test_prepare_shorter_side_shrinks_large_images_and_names_itself(tmp_path):
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "folder" / "train" / "c"
+  folder.mkdir(parents=True)
+  shapes = [(60, 90), (90, 48), (20, 30)]  # The last is already small: copied as it is.
+  for i, (h, w) in enumerate(shapes):
+    image = (rng.random((h, w, 3)) * 4 + np.linspace(0, 200, w)[None, :, None])
+    Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.jpg", quality=95)
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "3.png")
+  folder_source = sources.ImageFolderSource(str(tmp_path / "folder"), "train")
+  out = str(tmp_path / "records")
+  prepare.main(["--source", "folder", "--root", str(tmp_path / "folder"), "--split", "train",
+                "--out", out, "--shorter_side", "32", "--quality", "97"])
+  records = sources.RecordSource(out, "train")
+  assert records.preparation == {"shorter_side": 32, "quality": 97}
+  assert [records[i]["image"].shape[:2] for i in range(4)] == [(32, 48), (60, 32), (20, 30),
+                                                              (32, 32)]
+  assert records.encoded(2) == folder_source.encoded(2)
+  assert Image.open(io.BytesIO(records.encoded(3))).format == "PNG"
+  # The evaluation protocol's own first step, up to the JPEG re-encoding.
+  resized = Image.open(folder_source.files[0]).resize((48, 32), Image.BILINEAR)
+  assert np.abs(records[0]["image"].astype(float) - np.asarray(resized)).mean() < 2.0
+  plain = sources.RecordSource(
+      prepare.write_records(folder_source, str(tmp_path / "plain"), "train").rsplit("/", 1)[0],
+      "train")
+  assert plain.preparation == {"shorter_side": 0, "quality": None}
+  with pytest.raises(ValueError, match="--shorter_side"):
+    prepare.write_records(folder_source, str(tmp_path / "bad"), "train", shorter_side=-1)

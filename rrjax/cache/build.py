@@ -12,7 +12,6 @@ Decoding and cropping run on host worker threads a few batches ahead of the devi
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -25,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from rrjax import sharding
 from rrjax.cache import store
-from rrjax.data import pipeline
+from rrjax.data.workers import ViewCutter
 
 # Test hook: when set to N, the builder writes the data of the (N+1)-th chunk it
 # finishes in this run, prints HANG_MESSAGE and sleeps instead of marking it done, so a
@@ -111,7 +110,7 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
       default `batch_size`. An existing cache keeps its own.
     overwrite: replace a cache with a different fingerprint at `path` (process 0
       deletes it, others wait for the new one). Without it such a cache is refused.
-    num_workers: host threads decoding and cropping (default: CPU count).
+    num_workers: worker processes cutting views (default: CPU count; 0: this thread).
     prefetch: device batches prepared ahead of the device.
   """
   views = store.check_views(views)
@@ -157,11 +156,10 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
   start = time.perf_counter()
   writer = _ChunkWriter(kvstore, array, storage_dtype, num_examples, chunk_rows)
   forward = TeacherForward(teacher, mesh) if forward is None else forward
-  num_workers = num_workers or os.cpu_count() or 1
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-    images_computed = _run(
-        pool, forward, writer, source, todo, views=views, view_spec=view_spec,
-        seed=seed, batch_size=batch_size, prefetch=prefetch, dim=teacher.dim)
+  num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+  with ViewCutter(source, view_spec, seed, num_workers) as cutter:
+    images_computed = _run(cutter, forward, writer, todo, views=views,
+                           batch_size=batch_size, prefetch=prefetch, dim=teacher.dim)
   writer.drain()
   seconds = time.perf_counter() - start
   if wait_for_all:
@@ -255,25 +253,6 @@ class _ChunkWriter:
     self._marked += 1
 
 
-def _example_views(source, row: int, views: Sequence[int], view_spec, seed: int) -> np.ndarray:
-  """Decodes example `row` once and cuts the requested views: uint8 [len(views), S, S, 3].
-  Reduced-size (draft) decoding depends on each view's crop, so those views are cut from
-  the file's bytes one by one, exactly as the training loader cuts them."""
-  if view_spec.decode != "full":
-    cut = [pipeline.example_view(source, row, view_spec, seed=seed, view_index=v)
-           for v in views]
-    if any(int(example_id) != row for _, _, example_id in cut):
-      raise ValueError(f"source[{row}] has another id; the cache addresses rows by example "
-                       "id, so the source's ids must be 0..len(source)-1 in order.")
-    return np.stack([image for image, _, _ in cut])
-  example = source[row]
-  if int(example["id"]) != row:
-    raise ValueError(f"source[{row}]['id'] is {example['id']}; the cache addresses rows by "
-                     "example id, so the source's ids must be 0..len(source)-1 in order.")
-  return np.stack([view_spec(example["image"], seed=seed, example_id=row, view_index=v)
-                   for v in views])
-
-
 def _chunk_batches(rows: range, views: Sequence[int],
                    batch_size: int) -> tuple[int, Iterator[list[tuple[int, list[int]]]]]:
   """Splits a chunk's (row, view) pairs, row-major, into batches of `batch_size` pairs.
@@ -304,16 +283,16 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
   yield from pending
 
 
-def _run(pool, forward: TeacherForward, writer: _ChunkWriter, source, todo: list[int], *,
-         views, view_spec, seed: int, batch_size: int, prefetch: int, dim: int) -> int:
-  """The build loop; returns the number of images embedded."""
+def _run(cutter: ViewCutter, forward: TeacherForward, writer: _ChunkWriter, todo: list[int],
+         *, views, batch_size: int, prefetch: int, dim: int) -> int:
+  """The build loop; returns the number of images embedded. The cutter cuts exactly the
+  views the training loader hands the student (one decode per example and batch)."""
   def host_batches():
     for chunk in todo:
       num_batches, batches = _chunk_batches(range(*writer.rows(chunk)), views, batch_size)
       for groups in batches:
-        futures = [pool.submit(_example_views, source, row, vs, view_spec, seed)
-                   for row, vs in groups]
-        yield chunk, num_batches, futures
+        rows = [row for row, vs in groups for _ in vs]
+        yield chunk, num_batches, rows, cutter.submit(rows, [v for _, vs in groups for v in vs])
 
   buffers: dict[int, list[np.ndarray]] = {}
   in_flight: collections.deque = collections.deque()
@@ -327,8 +306,12 @@ def _run(pool, forward: TeacherForward, writer: _ChunkWriter, source, todo: list
       writer.write(chunk, np.concatenate(buffers.pop(chunk)).reshape(
           stop - start, len(views), dim))
 
-  for chunk, num_batches, futures in _prefetched(host_batches(), prefetch):
-    images = np.concatenate([f.result() for f in futures])
+  for chunk, num_batches, rows, pending in _prefetched(host_batches(), prefetch):
+    batch = cutter.collect(pending)
+    if not np.array_equal(batch["id"], rows):
+      raise ValueError("the source's example ids are not its row numbers; the cache "
+                       "addresses rows by example id, so ids must be 0..len(source)-1.")
+    images = batch["image"]
     num_valid = len(images)
     if num_valid < batch_size:
       images = np.concatenate(

@@ -48,10 +48,14 @@ def cache_path(config, workdir: str, split: str, view_set: str) -> str:
 
 def dataset_identity(data_cfg, split: str, source) -> dict[str, Any]:
   """What names the examples behind the cache's rows: the source settings, the split,
-  and for image folders a hash of the file list (relative paths, in row order)."""
+  for image folders a hash of the file list (relative paths, in row order), and for
+  records how their images were stored (`prepare --shorter_side`)."""
   identity = {"source": data_cfg.source, "name": data_cfg.name, "root": data_cfg.root,
               "wnids": data_cfg.wnids, "out_of_class": bool(data_cfg.get("out_of_class", False)),
               "split": split}
+  preparation = getattr(source, "preparation", None)  # Records: how images were stored.
+  if preparation is not None:
+    identity["preparation"] = preparation
   files = getattr(source, "files", None)
   if files is not None:
     relative = "\n".join(os.path.relpath(f, data_cfg.root) for f in files)

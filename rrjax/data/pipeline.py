@@ -5,22 +5,23 @@ A global batch is the concatenation of the processes' local batches in process o
 derived statelessly from the seed, so all processes agree on the global batch without
 talking to each other, and a position (epoch, step) is all it takes to resume exactly.
 
-Decoding and cropping run in a pool of threads (PIL releases the GIL while it decodes
-and resamples), a few batches ahead of the consumer. Sources of encoded files are cut
-straight from their bytes (`example_view`), so training views can use reduced-size JPEG
-decoding (`ViewSpec.decode`) and no full-size array is copied around.
+Views are cut in worker processes (`rrjax.data.workers.ViewCutter`), a few batches
+ahead of the consumer. Sources of encoded files are cut straight from their bytes, so
+training views can use reduced-size JPEG decoding (`ViewSpec.decode`) and no full-size
+array is copied around. A loader makes its own workers (`num_workers`), or uses a
+`cutter` that lives longer (one per source for a whole run: workers start once).
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 
 from rrjax.data.views import ViewSpec
+from rrjax.data.workers import ViewCutter
 
 # Leading entropy word for loader streams, so they never coincide with a view's stream
 # `default_rng([seed, example_id, view_index])`.
@@ -51,42 +52,14 @@ def _process_share(global_batch_size: int, process_index: int | None,
   return process_index, process_count, global_batch_size // process_count
 
 
-def example_view(source, index: int, view: ViewSpec, *, seed: int,
-                 view_index: int) -> tuple[np.ndarray, int, int]:
-  """(view `view_index` of example `index`, its label, its id): from the encoded bytes
-  when the source has them (`encoded_example`), else from the decoded image."""
-  if hasattr(source, "encoded_example"):
-    example = source.encoded_example(index)
-    image = view.from_encoded(example["encoded"], example["name"], seed=seed,
-                              example_id=example["id"], view_index=view_index)
-  else:
-    example = source[index]
-    image = view(example["image"], seed=seed, example_id=example["id"],
-                 view_index=view_index)
-  return image, example["label"], example["id"]
-
-
-class _Decoder:
-  """Cuts views of source examples in a thread pool, keeping a few batches in flight."""
-
-  def __init__(self, source, view: ViewSpec, seed: int, num_workers: int):
-    if num_workers <= 0:
-      raise ValueError(f"data.num_workers={num_workers} must be positive.")
-    self.source, self.view, self.seed = source, view, seed
-    self.pool = concurrent.futures.ThreadPoolExecutor(num_workers)
-
-  def submit(self, indices: np.ndarray, view_indices: np.ndarray) -> list:
-    return [self.pool.submit(example_view, self.source, int(i), self.view, seed=self.seed,
-                             view_index=int(v))
-            for i, v in zip(indices, view_indices)]
-
-  def collect(self, futures: list, view_indices: np.ndarray) -> dict[str, np.ndarray]:
-    images, labels, ids = zip(*(f.result() for f in futures))
-    return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
-            "id": np.asarray(ids, np.int32), "view": np.asarray(view_indices, np.int32)}
-
-  def close(self):
-    self.pool.shutdown(wait=False, cancel_futures=True)
+def _cutter(source, view: ViewSpec, seed: int, num_workers: int,
+            cutter: ViewCutter | None) -> tuple[ViewCutter, bool]:
+  """(the cutter to use, whether this loader owns it)."""
+  if cutter is None:
+    return ViewCutter(source, view, seed, num_workers), True
+  if cutter.source is not source or cutter.view != view or cutter.seed != seed:
+    raise ValueError("cutter was made for another source, view spec or seed.")
+  return cutter, False
 
 
 class TrainLoader:
@@ -104,7 +77,8 @@ class TrainLoader:
 
   def __init__(self, source, *, global_batch_size: int, view: ViewSpec, num_views: int,
                seed: int, process_index: int | None = None,
-               process_count: int | None = None, num_workers: int = 8, prefetch: int = 2):
+               process_count: int | None = None, num_workers: int = 8, prefetch: int = 2,
+               cutter: ViewCutter | None = None):
     self.process_index, self.process_count, self.local_batch_size = _process_share(
         global_batch_size, process_index, process_count)
     if num_views < 1:
@@ -117,7 +91,7 @@ class TrainLoader:
     self.global_batch_size = global_batch_size
     self.steps_per_epoch = len(source) // global_batch_size
     self.prefetch = max(prefetch, 0)
-    self._decoder = _Decoder(source, view, seed, num_workers)
+    self._cutter, self._owns_cutter = _cutter(source, view, seed, num_workers, cutter)
     self._epoch_plan: tuple[int, np.ndarray, np.ndarray] | None = None
     self._in_flight: collections.deque = collections.deque()
     self._epoch, self._step = 0, 0
@@ -134,7 +108,7 @@ class TrainLoader:
     if not 0 <= int(state["step"]) < self.steps_per_epoch:
       raise ValueError(f"loader state step={state['step']} is outside an epoch of "
                        f"{self.steps_per_epoch} steps.")
-    self._in_flight.clear()
+    self._drop_in_flight()
     self._epoch, self._step = int(state["epoch"]), int(state["step"])
 
   def batch_rows(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,15 +136,21 @@ class TrainLoader:
       position = self._advance(*self._in_flight[-1][0])
     while len(self._in_flight) <= self.prefetch:
       indices, views = self.batch_rows(*position)
-      self._in_flight.append((position, views, self._decoder.submit(indices, views)))
+      self._in_flight.append((position, self._cutter.submit(indices, views)))
       position = self._advance(*position)
-    (epoch, step), views, futures = self._in_flight.popleft()
-    batch = self._decoder.collect(futures, views)
+    (epoch, step), pending = self._in_flight.popleft()
+    batch = self._cutter.collect(pending)
     self._epoch, self._step = self._advance(epoch, step)
     return batch
 
+  def _drop_in_flight(self) -> None:
+    while self._in_flight:
+      self._cutter.discard(self._in_flight.popleft()[1])
+
   def close(self) -> None:
-    self._decoder.close()
+    self._drop_in_flight()
+    if self._owns_cutter:
+      self._cutter.close()
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
@@ -179,8 +159,8 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 def eval_batches(source, *, global_batch_size: int, view: ViewSpec, seed: int = 0,
                  view_index: int = 0, process_index: int | None = None,
-                 process_count: int | None = None,
-                 num_workers: int = 8) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int | None = None, num_workers: int = 8,
+                 cutter: ViewCutter | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Every example exactly once, in id order, as host-local batches with a "valid" mask.
 
   Global batch b holds examples [b*B, (b+1)*B); the last one is padded to B rows with
@@ -188,34 +168,35 @@ def eval_batches(source, *, global_batch_size: int, view: ViewSpec, seed: int = 
   batches (`num_eval_batches`). `view_index` selects the view (0 = evaluation view).
   """
   process_index, _, local = _process_share(global_batch_size, process_index, process_count)
-  decoder = _Decoder(source, view, seed, num_workers)
+  cutter, owns_cutter = _cutter(source, view, seed, num_workers, cutter)
   n = len(source)
   num_batches = num_eval_batches(n, global_batch_size)
 
   def submit(b: int):
     rows = b * global_batch_size + process_index * local + np.arange(local)
     real = rows[rows < n]
-    views = np.full(len(real), view_index)
-    return real, views, decoder.submit(real, views)
+    return real, cutter.submit(real, np.full(len(real), view_index))
 
-  def padded(real: np.ndarray, views: np.ndarray, futures: list) -> dict[str, np.ndarray]:
+  def padded(real: np.ndarray, pending) -> dict[str, np.ndarray]:
     pad = local - len(real)
     padding = {"image": np.zeros((pad, view.size, view.size, 3), np.uint8),
                "label": np.zeros(pad, np.int32), "id": np.zeros(pad, np.int32),
                "view": np.full(pad, view_index, np.int32)}
     batch = padding
     if len(real):
-      decoded = decoder.collect(futures, views)
+      decoded = cutter.collect(pending)
       batch = {k: np.concatenate([decoded[k], padding[k]]) for k in padding}
     batch["valid"] = np.arange(local) < len(real)
     return batch
 
+  in_flight = collections.deque()
   try:
-    pending = submit(0) if num_batches else None
     for b in range(num_batches):
-      current = pending
-      if b + 1 < num_batches:  # Decode the next batch while this one is consumed.
-        pending = submit(b + 1)
-      yield padded(*current)
+      while len(in_flight) < 2 and b + len(in_flight) < num_batches:
+        in_flight.append(submit(b + len(in_flight)))  # Cut the next while this is used.
+      yield padded(*in_flight.popleft())
   finally:
-    decoder.close()
+    for _, pending in in_flight:
+      cutter.discard(pending)
+    if owns_cutter:
+      cutter.close()

@@ -170,7 +170,7 @@ class TfdsSource:
     builder = tfds.builder(name, data_dir=data_dir)
     self.name, self.split, self._data_dir = name, split, data_dir
     try:
-      self._data = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+      self._data = self._open()
     except (NotImplementedError, AssertionError) as e:  # What tfds raises for missing data.
       raise FileNotFoundError(
           f"tfds dataset {name!r} is not prepared in the array_record format under "
@@ -190,6 +190,19 @@ class TfdsSource:
     restricted = self._label_map[self._scan_labels()]
     self._index = np.flatnonzero(restricted >= 0)
     self.labels = restricted[self._index]
+
+  def _open(self):
+    import tensorflow_datasets as tfds
+    return tfds.data_source(self.name, split=self.split, data_dir=self._data_dir,
+                            download=False)
+
+  def __getstate__(self) -> dict[str, Any]:
+    # Sent to data workers: they reopen the dataset rather than pickle open readers.
+    return {k: v for k, v in self.__dict__.items() if k != "_data"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._data = self._open()
 
   def _scan_labels(self) -> np.ndarray:
     """Every example's original label, reading records with image decoding skipped."""
@@ -286,7 +299,6 @@ class RecordSource:
   """Images prepared by `python -m rrjax.data.prepare` (array_record shards + metadata)."""
 
   def __init__(self, root: str, split: str):
-    from array_record.python import array_record_data_source
     meta_path = records_metadata_path(root, split)
     if not os.path.isfile(meta_path):
       raise FileNotFoundError(f"no prepared records {meta_path!r}; set data.root to the "
@@ -297,13 +309,27 @@ class RecordSource:
       raise ValueError(f"{meta_path!r} has format {self.metadata.get('format')!r}, "
                        f"expected {RECORD_FORMAT!r}; prepare the records again.")
     self.root, self.split = root, split
+    # How the images were stored (`prepare --shorter_side`): part of what a view is.
+    self.preparation = self.metadata.get("preparation", {"shorter_side": 0, "quality": None})
     self.class_names = list(self.metadata["class_names"])
     self.labels = np.asarray(self.metadata["labels"], np.int64)
-    paths = [os.path.join(root, shard) for shard in self.metadata["shards"]]
-    self._data = array_record_data_source.ArrayRecordDataSource(paths)
+    self._data = self._open()
     if len(self._data) != len(self.labels):
       raise ValueError(f"{root!r} holds {len(self._data)} records but {meta_path!r} lists "
                        f"{len(self.labels)}; prepare the records again.")
+
+  def _open(self):
+    from array_record.python import array_record_data_source
+    return array_record_data_source.ArrayRecordDataSource(
+        [os.path.join(self.root, shard) for shard in self.metadata["shards"]])
+
+  def __getstate__(self) -> dict[str, Any]:
+    # Sent to data workers: they reopen the files rather than pickle open readers.
+    return {k: v for k, v in self.__dict__.items() if k != "_data"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._data = self._open()
 
   @property
   def num_classes(self) -> int:
