@@ -1,0 +1,313 @@
+"""Adversarial attacks on float images in [0, 1], as pure, jittable JAX functions.
+
+Two attacks, both on batches `[B, H, W, C]`, both per example (each example has its
+own perturbation delta, its own ball ||delta|| <= eps around its clean image, and the
+result is always clipped to [0, 1]):
+
+  pgd(loss_fn, images, key, eps=, steps=, step_size=, norm=)
+      Projected gradient ascent (Madry et al. 2018) on per-example losses
+      `loss_fn(images) -> [B]`: linf takes sign steps and clips delta to [-eps, eps];
+      l2 takes steps along the per-example unit gradient and rescales delta onto the
+      l2 ball. This is the inner maximisation of adversarial fine-tuning of CLIP
+      encoders: FARE (Schlarmann et al. 2024, "Robust CLIP", chs20/RobustVLM: the
+      student's squared L2 distance to the frozen encoder's clean embedding, linf
+      eps 4/255 or 2/255, 10 steps of 1/255) and TeCoA (Mao et al. 2023: the CLIP
+      contrastive loss against text embeddings). `loss_fn` closes over whatever it
+      needs (the current student parameters, the cached teacher target); the result
+      is wrapped in `stop_gradient`, so a training step that calls `pgd` inside
+      `jax.grad` gets the gradient of its loss at the perturbed images, with no
+      gradient through the attack itself.
+
+  apgd(logits_fn, images, labels, key, eps=, steps=, loss=, norm=)
+      APGD of Croce & Hein 2020 ("Reliable evaluation of adversarial robustness with
+      an ensemble of diverse parameter-free attacks", ICML; fra31/auto-attack), one
+      restart, untargeted, on cross-entropy or the DLR loss, to evaluate a classifier:
+      it returns the adversarial images and, per example, whether the prediction is
+      still correct on every point the attack visited (the clean image included).
+
+The gradient of an attack is that of the SUM of the per-example losses, so as long as
+`loss_fn`'s i-th value depends only on the i-th image (a model in inference mode:
+no batch statistics) each example is attacked independently of the others, and a
+batch sharded over a device mesh gives the same perturbations as on one device.
+`steps` (and `norm`, `loss`) are static; `eps`, `step_size` and `rho` may be traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+NORMS = ("linf", "l2")
+APGD_LOSSES = ("ce", "dlr")
+
+# Croce & Hein's APGD constants (fra31/auto-attack `APGDAttack`): the initial step is
+# 2 * eps, momentum weight 0.75 (the first step has none), and the checkpoints at which
+# the step may be halved sit at fractions of the budget: the first after 22% of the
+# steps, then windows shrinking by 3% of the budget each time, to no less than 6%.
+_APGD_INITIAL_STEP = 2.0
+_APGD_MOMENTUM = 0.75
+_APGD_FIRST_WINDOW = 0.22
+_APGD_WINDOW_DECREASE = 0.03
+_APGD_MIN_WINDOW = 0.06
+
+# Keeps unit-vector normalisations finite for a zero gradient or perturbation.
+_TINY = 1e-12
+
+
+def _check(images, norm: str, steps: int) -> None:
+  """Trace-time checks of the static arguments and the image batch."""
+  if norm not in NORMS:
+    raise ValueError(f"norm={norm!r} is not supported; use one of {NORMS}.")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f"steps={steps!r} must be a static integer >= 0.")
+  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(
+        f"images must be floats in [0, 1] of shape [B, H, W, C]; got {images.dtype} "
+        f"{images.shape}.")
+
+
+def _per_example(x: jax.Array) -> jax.Array:
+  """A `[B]` vector broadcast against `[B, H, W, C]`."""
+  return x.reshape(x.shape[:1] + (1,) * 3)
+
+
+def _l2_norms(x: jax.Array) -> jax.Array:
+  """Per-example l2 norms of a `[B, ...]` batch, shape `[B]`."""
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))))
+
+
+def project_linf(adv: jax.Array, images: jax.Array, eps) -> jax.Array:
+  """The nearest point to `adv` with ||adv - images||_inf <= eps, clipped to [0, 1]."""
+  return jnp.clip(images + jnp.clip(adv - images, -eps, eps), 0.0, 1.0)
+
+
+def project_l2(adv: jax.Array, images: jax.Array, eps) -> jax.Array:
+  """`adv - images` scaled onto the l2 ball of radius eps (per example) when outside it,
+  then clipped to [0, 1]. With images in [0, 1], clipping only shrinks the
+  perturbation, so the result stays in the ball."""
+  delta = adv - images
+  scale = jnp.minimum(1.0, eps / jnp.maximum(_l2_norms(delta), _TINY))
+  return jnp.clip(images + delta * _per_example(scale), 0.0, 1.0)
+
+
+def _project(norm: str):
+  return project_linf if norm == "linf" else project_l2
+
+
+def _ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
+  """The steepest-ascent direction of unit norm: sign(g) for linf, g / ||g||_2 for l2."""
+  if norm == "linf":
+    return jnp.sign(grad)
+  return grad / _per_example(jnp.maximum(_l2_norms(grad), _TINY))
+
+
+def _per_example_grad(loss_fn: Callable[[jax.Array], jax.Array]):
+  """x -> gradient of sum(loss_fn(x)): example i's gradient is its own loss's."""
+  return jax.grad(lambda x: jnp.sum(loss_fn(x)))
+
+
+def pgd(loss_fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, *,
+        eps, steps: int, step_size, norm: str = "linf",
+        random_start: bool = True) -> jax.Array:
+  """Projected gradient ascent on `loss_fn` within the eps-ball of each image.
+
+  Args:
+    loss_fn: `images [B, H, W, C] -> per-example losses [B]`, to be maximised.
+    images: clean float images in [0, 1], `[B, H, W, C]`.
+    key: the random start's key (unused when `random_start=False`).
+    eps: the radius of each example's ball (linf or l2), a float or a traced scalar.
+    steps: the number of ascent steps, static. 0 returns the starting point.
+    step_size: the length of each step (per pixel for linf, the l2 length for l2).
+    norm: "linf" or "l2".
+    random_start: start uniformly in the linf ball, or uniformly in the l2 ball
+      (a Gaussian direction, a radius eps * U^(1/n) for n = H * W * C); otherwise
+      start at the clean images.
+
+  Returns:
+    The perturbed images, `[B, H, W, C]` in [0, 1] and within eps of `images`, with
+    `stop_gradient` applied.
+  """
+  _check(images, norm, steps)
+  images = jax.lax.stop_gradient(images)
+  project = _project(norm)
+  if not random_start:
+    adv = images
+  elif norm == "linf":
+    adv = project(images + jax.random.uniform(key, images.shape, images.dtype, -eps, eps),
+                  images, eps)
+  else:
+    direction_key, radius_key = jax.random.split(key)
+    direction = _ascent_direction(
+        jax.random.normal(direction_key, images.shape, images.dtype), "l2")
+    radius = eps * jax.random.uniform(radius_key, images.shape[:1], images.dtype) ** (
+        1.0 / np.prod(images.shape[1:]))
+    adv = project(images + direction * _per_example(radius), images, eps)
+
+  grad_fn = _per_example_grad(loss_fn)
+
+  def step(_, adv):
+    ascent = _ascent_direction(grad_fn(adv), norm)
+    return project(adv + step_size * ascent, images, eps)
+
+  # The step compiles once, whatever `steps` is. Under an outer jax.grad over parameters
+  # that loss_fn closes over, stop_gradient leaves the loop's tangents unused and JAX
+  # drops them: the loop runs forward only, with no residuals kept for the backward pass.
+  adv = jax.lax.fori_loop(0, steps, step, adv)
+  return jax.lax.stop_gradient(adv)
+
+
+def dlr_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Croce & Hein's Difference of Logits Ratio, per example (higher = more fooled):
+
+    -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)
+
+  with z_pi1 >= z_pi2 >= z_pi3 the largest logits. Invariant to shifting and scaling the
+  logits, so it does not saturate like cross-entropy. Needs at least 3 classes.
+  """
+  if logits.shape[-1] < 3:
+    raise ValueError(
+        f"the DLR loss needs at least 3 classes (it divides by z_pi1 - z_pi3); got "
+        f"logits of shape {logits.shape}. Use loss='ce'.")
+  logits = logits.astype(jnp.float32)
+  top3 = jax.lax.top_k(logits, 3)[0]
+  correct = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+  best_other = jnp.where(jnp.argmax(logits, -1) == labels, top3[:, 1], top3[:, 0])
+  return -(correct - best_other) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
+def _apgd_loss(kind: str):
+  if kind == "ce":
+    return lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels)
+  return dlr_loss
+
+
+def apgd_checkpoints(steps: int) -> np.ndarray:
+  """`[steps]` ints: at iteration i (0-based), the length of the window that ends there
+  when i is a checkpoint, else 0. Croce & Hein's p_j, in fra31/auto-attack's integers:
+  the first window is max(int(0.22 n), 1) steps, each next one max(int(0.03 n), 1)
+  shorter but at least max(int(0.06 n), 1)."""
+  first = max(int(_APGD_FIRST_WINDOW * steps), 1)
+  decrease = max(int(_APGD_WINDOW_DECREASE * steps), 1)
+  minimum = max(int(_APGD_MIN_WINDOW * steps), 1)
+  windows = np.zeros(steps, np.int32)
+  i, window = first - 1, first
+  while i < steps:
+    windows[i] = window
+    window = max(window - decrease, minimum)
+    i += window
+  return windows
+
+
+def apgd(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
+         labels: jax.Array, key: jax.Array, *, eps, steps: int = 100, loss: str = "ce",
+         norm: str = "linf", rho=0.75) -> tuple[jax.Array, jax.Array]:
+  """APGD (Croce & Hein 2020, Algorithm 1), one random restart, untargeted.
+
+  From a random point on the sphere of radius eps (fra31/auto-attack's start), gradient
+  steps with momentum 0.75 on `loss`, per example: the step starts at 2 * eps and is
+  halved at a checkpoint (`apgd_checkpoints`) when fewer than a fraction `rho` of the
+  steps since the last checkpoint increased the loss, or when the step was not halved
+  at the last checkpoint and the best loss has not improved since; a halved example
+  restarts from its best point.
+
+  Args:
+    logits_fn: `images [B, H, W, C] -> logits [B, K]` (K >= 3 for loss="dlr").
+    images: clean float images in [0, 1].
+    labels: int `[B]` true classes.
+    key: the random start's key.
+    eps: the radius of the linf or l2 ball, a float or a traced scalar.
+    steps: iterations, static (the paper: 100).
+    loss: "ce" (cross-entropy) or "dlr" (`dlr_loss`).
+    norm: "linf" or "l2".
+    rho: the oscillation threshold of the step-size rule (the paper: 0.75).
+
+  Returns:
+    `(adversarial, robust)`: `robust` is a bool `[B]`, True where the prediction was
+    correct on the clean image and on every point the attack visited (robust accuracy
+    is its mean); `adversarial` holds, per example, the last misclassified point seen
+    (the clean image when only it was misclassified) where not robust, else the point
+    of highest loss. All within the eps-ball and [0, 1], with `stop_gradient` applied.
+  """
+  _check(images, norm, steps)
+  if loss not in APGD_LOSSES:
+    raise ValueError(f"loss={loss!r} is not supported by apgd; use one of {APGD_LOSSES}.")
+  criterion = _apgd_loss(loss)
+  project = _project(norm)
+  images = jax.lax.stop_gradient(images)
+  clean_logits = logits_fn(images)
+  if loss == "dlr":
+    criterion(clean_logits, labels)  # Raises at trace time for fewer than 3 classes.
+
+  def value_and_grad(x):
+    def total(x):
+      logits = logits_fn(x)
+      per_example = criterion(logits, labels)
+      return jnp.sum(per_example), (per_example, jnp.argmax(logits, -1) == labels)
+
+    (_, (values, correct)), grad = jax.value_and_grad(total, has_aux=True)(x)
+    return values, correct, grad
+
+  if norm == "linf":
+    start = jax.random.uniform(key, images.shape, images.dtype, -1.0, 1.0)
+    start = start / _per_example(jnp.maximum(jnp.max(jnp.abs(start), axis=(1, 2, 3)), _TINY))
+  else:
+    start = _ascent_direction(jax.random.normal(key, images.shape, images.dtype), "l2")
+  adv = project(images + eps * start, images, eps)
+  values, correct, grad = value_and_grad(adv)
+  clean_correct = jnp.argmax(clean_logits, -1) == labels
+  batch = images.shape[0]
+  # loss_history[0] is the start's loss, loss_history[i + 1] the loss after step i: the
+  # oscillation test counts increases f(x_{k+1}) > f(x_k) over a window.
+  state = dict(
+      adv=adv, previous=adv, grad=grad,
+      step=jnp.full((batch,), _APGD_INITIAL_STEP * eps, images.dtype),
+      best=adv, best_grad=grad, best_loss=values,
+      # Where the start is classified correctly, the clean image: misclassified when
+      # the clean prediction is wrong, and replaced by any later misclassified point.
+      last_wrong=jnp.where(_per_example(correct), images, adv),
+      robust=clean_correct & correct,
+      loss_history=jnp.zeros((steps + 1, batch), values.dtype).at[0].set(values),
+      best_loss_at_check=values, halved_at_check=jnp.ones((batch,), bool))
+  windows = jnp.asarray(apgd_checkpoints(steps))
+
+  def iteration(i, s):
+    eta = _per_example(s["step"])
+    momentum = jnp.where(i > 0, _APGD_MOMENTUM, 1.0)
+    z = project(s["adv"] + eta * _ascent_direction(s["grad"], norm), images, eps)
+    new = project(s["adv"] + momentum * (z - s["adv"])
+                  + (1 - momentum) * (s["adv"] - s["previous"]), images, eps)
+    values, correct, grad = value_and_grad(new)
+    robust = s["robust"] & correct
+    last_wrong = jnp.where(_per_example(correct), s["last_wrong"], new)
+    improved = values > s["best_loss"]
+    best = jnp.where(_per_example(improved), new, s["best"])
+    best_grad = jnp.where(_per_example(improved), grad, s["best_grad"])
+    best_loss = jnp.where(improved, values, s["best_loss"])
+    history = s["loss_history"].at[i + 1].set(values)
+
+    window = windows[i]
+    increases = history[1:] > history[:-1]  # increases[m]: did step m raise the loss?
+    in_window = (jnp.arange(steps) > i - window) & (jnp.arange(steps) <= i)
+    count = jnp.sum(increases & in_window[:, None], axis=0)
+    oscillating = count <= window * rho
+    stalled = ~s["halved_at_check"] & (s["best_loss_at_check"] >= best_loss)
+    checkpoint = window > 0
+    halve = checkpoint & (oscillating | stalled)
+    return dict(
+        adv=jnp.where(_per_example(halve), best, new),
+        previous=s["adv"],
+        grad=jnp.where(_per_example(halve), best_grad, grad),
+        step=jnp.where(halve, s["step"] / 2, s["step"]),
+        best=best, best_grad=best_grad, best_loss=best_loss,
+        last_wrong=last_wrong, robust=robust, loss_history=history,
+        best_loss_at_check=jnp.where(checkpoint, best_loss, s["best_loss_at_check"]),
+        halved_at_check=jnp.where(checkpoint, halve, s["halved_at_check"]))
+
+  s = jax.lax.fori_loop(0, steps, iteration, state)
+  adversarial = jnp.where(_per_example(s["robust"]), s["best"], s["last_wrong"])
+  return jax.lax.stop_gradient(adversarial), s["robust"]
