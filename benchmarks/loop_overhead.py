@@ -23,6 +23,7 @@ import jax
 
 from rrjax import config as config_lib
 from rrjax import objectives, sharding, stages, train
+from rrjax.stages import student as student_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,8 +61,8 @@ def step_alone(ctx: stages.Context, host_batch: dict, repeats: int) -> float:
   waited for, as the loop does on CPU."""
   config = ctx.config
   batch = sharding.shard_batch(ctx.with_targets(host_batch), ctx.mesh)
-  state = sharding.place_state(stages.initial_student_state(ctx, 1000), ctx.mesh)
-  loss_fn = objectives.student_loss(stages.student_model(ctx), ctx.operator,
+  state = sharding.place_state(student_stage.initial_state(ctx, 1000), ctx.mesh)
+  loss_fn = objectives.student_loss(student_stage.model(ctx), ctx.operator,
                                     kind=config.loss.kind, temperature=config.loss.temperature)
   key = sharding.replicate(ctx.key("student"), ctx.mesh)
   step = jax.jit(lambda s, b, k: train.train_step(s, b, k, None, loss_fn=loss_fn),

@@ -34,7 +34,7 @@ def get_config(arg=None):
   c.operator = TRAINED[args.train]
   c.eval.data_name = f"imagenet2012_corrupted/{args.corruption}_{args.severity}"
   c.eval.operators = ({"kind": "identity"},)
-  c.eval.agreement = False
+  c.evals = config_lib.evals("classification", "zero_shot")  # No cache of the corrupted set.
   config_lib.apply_common_args(c, args)
   if args.smoke:
     c.eval.data_name = ""  # Generated data: test clean smoke images instead.

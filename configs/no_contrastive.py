@@ -25,8 +25,7 @@ def get_config(arg=None):
   c.operator = ({"kind": "mask", "p": args.p} if args.kind == "mask"
                 else {"kind": "noise", "sigma": args.sigma})
   c.probe.features = args.features
-  c.eval.agreement = False
-  c.eval.zero_shot = False
+  c.evals = config_lib.evals("classification")
   config_lib.apply_common_args(c, args)
   if args.smoke and args.features == "imagenet":
     c.probe.imagenet_init = "resnet18:random"  # No ImageNet weights offline.

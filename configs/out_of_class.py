@@ -27,13 +27,11 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.experiment = "E5"
   c.operator, c.eval.levels = RANGES[args.kind]
-  c.eval.out_of_class = True
-  c.eval.agreement = False  # No cached teacher embeddings of the unseen classes.
-  c.eval.zero_shot = False
+  c.evals = config_lib.evals("out_of_class")
   config_lib.apply_common_args(c, args)
   if args.smoke:
     # Generated data has no unseen ImageNet classes: test on the smoke classes instead.
-    c.eval.out_of_class = False
+    c.evals = config_lib.evals("classification")
   return c
 
 

@@ -28,13 +28,12 @@ def get_config(arg=None):
   c.operator = ({"kind": "mask", "p": args.p} if args.kind == "mask"
                 else {"kind": "noise", "sigma": args.sigma})
   c.probe.features = "clean_teacher"
-  c.eval.restore = args.restore
+  c.evals = config_lib.evals("restoration")
+  c.evals.restoration.restore = args.restore
   c.eval.repeats = 1
-  c.eval.agreement = False
-  c.eval.zero_shot = False
   config_lib.apply_common_args(c, args)
   if args.smoke:
-    c.eval.restore_steps = 20
+    c.evals.restoration.steps = 20
   return c
 
 

@@ -10,8 +10,8 @@ trained student is a drop-in robust CLIP: `python -m rrjax.export workdirs/quick
   python -m rrjax.main --config=configs/quickstart.py:smoke --workdir=/tmp/qs  # CPU, ~1.5 min
 
 Covers the E1 setting (mask p=0.9) at a small scale, with E13's zero-shot evaluation
-(Imagenette's labels are wnids; pass `--config.eval.class_names_file=FILE` with one class
-name per line for meaningful prompts). Sized for one A100/H100: the cache (10 views) takes
+(Imagenette's wnid labels become CLIP's ImageNet class names, with its 80 prompt
+templates). Sized for one A100/H100: the cache (10 views) takes
 a few minutes, 15 student epochs well under half an hour, probe and evaluation minutes.
 Expected: a probe accuracy far above the teacher's own on masked images (compare with
 `configs/no_contrastive.py`); no paper number exists for Imagenette.

@@ -16,6 +16,16 @@ from rrjax import losses, operators
 
 STAGES = ("cache", "student", "probe", "baseline", "eval")
 PROBE_FEATURES = ("student", "teacher", "clean_teacher", "imagenet")
+PROBE_SOLVERS = ("adam", "lbfgs")
+# Evaluator type -> its options and their defaults (`rrjax.evaluators`; `repeats` 0 means
+# eval.repeats). `config.evals` maps names to {"type": <type>, **options}.
+EVALUATORS = {
+    "classification": {"methods": (), "repeats": 0},
+    "out_of_class": {"methods": (), "repeats": 0},
+    "zero_shot": {"templates": "clip80", "class_names_file": "", "repeats": 0},
+    "agreement": {},
+    "restoration": {"restore": "nlm", "steps": 5000, "repeats": 0},
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -89,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.batch_size = 128
   c.probe.num_epochs = 10
   c.probe.learning_rate = 1e-3
+  c.probe.solver = "adam"           # "adam" (the paper's) | "lbfgs" (converged, CLIP's protocol)
 
   c.baseline = ml_collections.ConfigDict()
   c.baseline.model = "resnet101"
@@ -99,24 +110,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.baseline.num_epochs = 25
   c.baseline.learning_rate = 1e-3
 
+  # What every evaluator shares; `evals` chooses the evaluators (`rrjax.evaluators`).
   c.eval = ml_collections.ConfigDict()
   c.eval.repeats = 10               # independent corruption draws
   c.eval.levels = ()                # severities of config.operator to test; () = trained one
   c.eval.operators = ()             # explicit operator specs to test (overrides levels)
   c.eval.data_name = ""             # evaluate on another data set (e.g. ImageNet-100C)
-  c.eval.out_of_class = False       # SPEC E5: the 5 unseen classes, relabelled
-  c.eval.restore = ""               # SPEC E7: "nlm" | "deep_decoder" before the classifier
-  c.eval.restore_steps = 5000       # Deep Decoder fitting steps per image
   c.eval.batch_size = 256
-  c.eval.zero_shot = True           # needs a teacher with text embeddings
-  c.eval.class_names_file = ""      # zero-shot class names, one per line ("" = data's)
-  c.eval.agreement = True           # student-teacher cosine and retrieval@1
+  c.evals = evals("classification", "zero_shot", "agreement")
 
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.log_every_steps = 50            # metrics are averaged over each window of this many steps
   c.profile_steps = ()              # (start, stop): jax.profiler trace of those training steps
   return c
+
+
+def evaluator_options(name: str, spec) -> dict:
+  """`config.evals[name]` validated and completed with its type's defaults."""
+  spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  kind = spec.pop("type", None)
+  if kind not in EVALUATORS:
+    raise ValueError(f"evals.{name}.type={kind!r}; allowed: {', '.join(EVALUATORS)}.")
+  unknown = sorted(set(spec) - set(EVALUATORS[kind]))
+  if unknown:
+    raise ValueError(f"evals.{name} has unknown option(s) {unknown}; a {kind!r} evaluator "
+                     f"takes {sorted(EVALUATORS[kind]) or 'none'}.")
+  return {"type": kind, **EVALUATORS[kind], **spec}
+
+
+def evals(*types: str) -> ml_collections.ConfigDict:
+  """`config.evals` with one evaluator of each type, named after it, at its defaults."""
+  return ml_collections.ConfigDict({t: evaluator_options(t, {"type": t}) for t in types})
+
+
+def eval_types(config) -> set[str]:
+  return {spec.type for spec in config.evals.values()}
 
 
 def _parse_value(text: str):
@@ -238,12 +267,37 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.probe.features not in PROBE_FEATURES:
     raise ValueError(f"probe.features={config.probe.features!r}; allowed: "
                      f"{', '.join(PROBE_FEATURES)}.")
-  if config.eval.restore:
-    from rrjax import baselines  # Raises ValueError for an unknown or unfit restoration.
-    baselines.restoration(config.eval.restore, config.operator.to_dict())
+  if config.probe.solver not in PROBE_SOLVERS:
+    raise ValueError(f"probe.solver={config.probe.solver!r}; allowed: "
+                     f"{', '.join(PROBE_SOLVERS)}.")
+  _check_evals(config)
   if config.teacher.mode not in ("cached", "online"):
     raise ValueError(f"teacher.mode={config.teacher.mode!r}; allowed: 'cached', 'online'.")
   if config.data.source in ("folder", "records") and not os.path.isdir(config.data.root):
     raise ValueError(f"data.root={config.data.root!r} is not a directory; point "
                      "--config.data.root at the data set (data.source="
                      f"{config.data.source!r}).")
+
+
+def _check_evals(config) -> None:
+  for name, spec in config.evals.items():
+    options = evaluator_options(name, spec)
+    if options["type"] == "zero_shot":
+      if options["templates"] not in ("clip80", "single"):
+        raise ValueError(f"evals.{name}.templates={options['templates']!r}; allowed: "
+                         "clip80, single.")
+      if options["class_names_file"] and not os.path.isfile(options["class_names_file"]):
+        raise ValueError(f"evals.{name}.class_names_file={options['class_names_file']!r} "
+                         "does not exist.")
+    if options["type"] == "restoration":
+      from rrjax import baselines  # Raises ValueError for an unknown or unfit restoration.
+      baselines.restoration(options["restore"], config.operator.to_dict())
+    if options["type"] in ("classification", "out_of_class", "restoration"):
+      methods = options.get("methods", ("probe",)) or tuple(
+          m for m in ("probe", "baseline") if m in config.stages)
+      if not set(methods) <= {"probe", "baseline"}:
+        raise ValueError(f"evals.{name}.methods={tuple(methods)}; allowed: probe, baseline.")
+    if (options["type"] == "agreement" and "eval" in config.stages
+        and "student" not in config.stages and not config.student.restore_from):
+      raise ValueError(f"evals.{name} (agreement) needs a student: add 'student' to "
+                       "config.stages or set student.restore_from, or remove the evaluator.")

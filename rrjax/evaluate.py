@@ -17,21 +17,6 @@ import numpy as np
 
 from rrjax import objectives, sharding
 
-# Which field of an operator spec is its severity, for `config.eval.levels`.
-LEVEL_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma", "block_mask": "size",
-                "downsample": "factor"}
-
-
-def with_level(spec: dict, level) -> dict:
-  """The operator `spec` at another severity (`{"kind": "mask", "p": .9}`, .99 -> p=.99)."""
-  spec = dict(spec)
-  if spec["kind"] not in LEVEL_FIELDS:
-    raise ValueError(f"eval.levels: operator kind {spec['kind']!r} has no severity field; "
-                     f"levels work for {', '.join(LEVEL_FIELDS)}.")
-  spec[LEVEL_FIELDS[spec["kind"]]] = level
-  return spec
-
-
 def per_example_operator(operator) -> Callable:
   """`op(keys [B], images)` applying `operator` to each image with its own key."""
   return jax.vmap(lambda key, image: operator(key, image[None])[0])

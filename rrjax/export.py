@@ -30,9 +30,11 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file, save_file
 
-from rrjax import hub, models, operators, sharding, stages, train
+from rrjax import hub, models, operators, sharding, train
 from rrjax.models import clip
 from rrjax.models.clip import spec as spec_lib, tokenizer as tokenizer_lib
+from rrjax.stages import student as student_stage
+from rrjax.stages.context import Context
 
 FORMATS = ("hf", "open_clip", "rrjax")
 RRJAX_WEIGHTS = "model.safetensors"
@@ -91,15 +93,15 @@ def check_request(config, workdir: str, fmt: str, out: str) -> None:
 
 def student_checkpoint(config) -> clip.Checkpoint:
   """The CLIP checkpoint a `clip` student's architecture (and text tower) comes from."""
-  cfg = stages.student_config(config)
+  cfg = student_stage.model_config(config)
   return clip.open_checkpoint(cfg.teacher_name, "student.teacher_name")
 
 
 def final_student(config, workdir: str) -> tuple[train.TrainState, int]:
   """(the student stage's final train state, the teacher's embedding dim), restored as
-  `stages.student_variables` restores another run's student."""
-  ctx = stages.Context(config=config, workdir=workdir, mesh=sharding.make_mesh())
-  like = stages.initial_student_state(ctx, 1)
+  `rrjax.stages.student.load` restores another run's student."""
+  ctx = Context(config=config, workdir=workdir, mesh=sharding.make_mesh())
+  like = student_stage.initial_state(ctx, 1)
   state = train.load_final_state(os.path.join(workdir, "student"), like, ctx.mesh)
   return jax.device_get(state), ctx.teacher.dim
 
@@ -124,7 +126,7 @@ def save_clip(out: str, checkpoint: clip.Checkpoint, image_variables: dict, fmt:
 
 def save_rrjax(out: str, config, num_outputs: int, variables: dict) -> None:
   """The student's variables under "/"-joined Flax paths and the `build_model` config."""
-  cfg = stages.student_config(config)
+  cfg = student_stage.model_config(config)
   model = {key: cfg.get(key, "") for key in ("model", "init", "dtype", "width", "teacher_name")}
   if cfg.model == "clip":  # Where `load` finds the architecture again.
     name = student_checkpoint(config).name
@@ -180,7 +182,7 @@ def model_card(config, workdir: str, fmt: str, out: str, step: int) -> str:
                     f"{c.eval.repeats} corruption draws):\n\n{f.read()}")
   else:
     evaluation = "No evaluation was run in this workdir (it has no results.md)."
-  student = (f"the image tower of `{stages.student_config(c).teacher_name}`"
+  student = (f"the image tower of `{student_stage.model_config(c).teacher_name}`"
              if c.student.model == "clip" else f"a {c.student.model} (width {c.student.width})")
   tower = (" Its text tower, logit scale and preprocessing are the teacher's, unchanged."
            if fmt != "rrjax" else "")

@@ -22,6 +22,9 @@ Operators are pure and jittable, and preserve shape and dtype. Kinds and fields:
                               projection onto block-constant images, antialiased and
                               idempotent)
   compose(ops)                the listed operator specs applied in order
+  imagenet_c(corruption,      an ImageNet-C corruption at severity 1..5, as Hendrycks &
+    severity)                 Dietterich's code (imagecorruptions 1.1.2); the 19 names
+                              and how each matches it: rrjax/imagenet_c.py
 
 A level (`p`, `sigma`, block `size`) is a number, used for every image, or a pair
 (low, high) with low <= high: each image then draws its own level uniformly from
@@ -44,6 +47,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rrjax import imagenet_c
 
 Operator = Callable[[jax.Array, jax.Array], jax.Array]
 Level = float | tuple[float, float]
@@ -143,6 +148,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "block_mask": {"size": (_level_parser(1, integer=True), _REQUIRED)},
     "downsample": {"factor": (_parse_factor, _REQUIRED)},
     "compose": {"ops": (_parse_ops, _REQUIRED)},
+    "imagenet_c": {"corruption": (imagenet_c.parse_corruption, _REQUIRED),
+                   "severity": (imagenet_c.parse_severity, _REQUIRED)},
 }
 
 
@@ -380,6 +387,8 @@ def _build_parsed(parsed: dict[str, Any]) -> Operator:
     return _block_mask(parsed["size"])
   if kind == "downsample":
     return _downsample(parsed["factor"])
+  if kind == "imagenet_c":
+    return imagenet_c.corruption(parsed["corruption"], parsed["severity"])
   return _compose([_build_parsed(stage) for stage in parsed["ops"]])
 
 
@@ -423,3 +432,25 @@ def _describe_parsed(parsed: dict[str, Any]) -> str:
 def describe(spec) -> str:
   """A short label for plots and reports, e.g. "mask p=0.9", "blur k=21 sigma=5"."""
   return _describe_parsed(_parse(spec))
+
+
+# Each kind's severity field: what `eval.levels` sets and severity plots put on the x axis.
+SEVERITY_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma", "block_mask": "size",
+                   "downsample": "factor"}
+
+
+def severity(spec) -> float | None:
+  """The spec's severity as a number, or None for kinds without one and for ranges."""
+  spec = spec.to_dict() if hasattr(spec, "to_dict") else spec
+  value = spec.get(SEVERITY_FIELDS.get(spec.get("kind"), ""))
+  return float(value) if _is_number(value) else None
+
+
+def with_severity(spec, level) -> dict[str, Any]:
+  """The operator `spec` at another severity ({"kind": "mask", "p": .9}, .99 -> p=.99)."""
+  spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  if spec.get("kind") not in SEVERITY_FIELDS:
+    raise ValueError(f"eval.levels: operator kind {spec.get('kind')!r} has no severity "
+                     f"field; levels work for {', '.join(SEVERITY_FIELDS)}.")
+  spec[SEVERITY_FIELDS[spec["kind"]]] = level
+  return spec

@@ -2,11 +2,11 @@
 
   python -m rrjax.report WORKDIR [WORKDIR ...] [--out DIR]
 
-Reads `WORKDIR/results.json` (written by the eval stage, `rrjax.stages.run_eval`) of every
-workdir and writes into DIR (default: the current directory):
+Reads `WORKDIR/results.json` (written by the eval stage; rows in `rrjax.results`' schema)
+of every workdir and writes into DIR (default: the current directory):
 
-  results.csv   one row per (workdir, result row): setting, method, labels, test operator,
-                top-1/top-5/AUC mean, std and sem
+  results.csv   one row per (workdir, result row): setting, evaluator, method, labels,
+                solver, test operator, and each metric's mean, std and sem
   report.md     the non-empty tables among
                   Table 1   ours (100%, 10% labels) and the baseline under the paper's 8
                             distortions, same distortion at train and test
@@ -14,7 +14,7 @@ workdir and writes into DIR (default: the current directory):
                   Table 13  no contrastive step: probes on the teacher's (or an ImageNet
                             network's) embeddings of distorted images next to ours
                   Other     every row no table above holds
-                  Agreement student-teacher cosine and retrieval@1
+                  Agreement student-teacher cosine and retrieval@1 (agreement rows)
                 with the authors' numbers (SPEC §7, `rrjax.paper_numbers`) where the
                 setting matches
   *.png         600x400 plots like the paper's figures, written only when they have data:
@@ -34,28 +34,24 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from rrjax import paper_numbers
+from rrjax import operators, paper_numbers
+from rrjax.results import METRICS, MISSING, markdown, method_name
 
-# Severity field of each operator kind (x axis of the severity plots).
-LEVEL_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma"}
-METRICS = ("top1", "top5", "auc")
 SETTING_FIELDS = ("experiment", "dataset", "teacher", "student", "loss", "train_operator",
                   "probe_features", "repeats")
-CSV_FIELDS = ("workdir", *SETTING_FIELDS, "method", "label_fraction", "operator", "kind",
-              "level", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem")), "spec")
+CSV_FIELDS = ("workdir", *SETTING_FIELDS, "evaluator", "method", "label_fraction", "solver",
+              "operator", "kind", "level",
+              *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem")), "spec")
 _NUMERIC_FIELDS = {"repeats", "label_fraction", "level",
                    *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem"))}
-
-METHOD_NAMES = {"student_probe": "ours", "teacher_probe": "teacher probe",
-                "clean_teacher_probe": "clean-teacher probe", "imagenet_probe": "ImageNet probe",
-                "baseline": "baseline", "zero_shot": "zero-shot"}
+AGREEMENT_METHODS = ("agreement", "agreement_initial")
+CLASSIFICATION_METRICS = ("top1", "top5", "auc")
 # Table 1 rows: (method, label fraction) -> name.
 TABLE1_ROWS = {("student_probe", 1.0): "ours 100%", ("student_probe", 0.1): "ours 10%",
                ("baseline", 1.0): "baseline"}
 NO_CONTRASTIVE_METHODS = ("teacher_probe", "imagenet_probe")
 FIGURE_SIZE = (6.0, 4.0)  # inches; at FIGURE_DPI a PNG is exactly 600 x 400 pixels
 FIGURE_DPI = 100
-MISSING = "–"
 _LOG = logging.getLogger(__name__)
 
 
@@ -75,19 +71,14 @@ def load_results(workdir: str) -> dict[str, Any]:
   missing = [k for k in ("experiment", "setting", "results") if k not in report]
   missing += [f"setting.{k}" for k in SETTING_FIELDS[1:] if k not in report.get("setting", {})]
   for i, row in enumerate(report.get("results", [])):
-    missing += [f"results[{i}].{k}" for k in ("method", "label_fraction", "operator", "spec",
-                                               "top1") if k not in row]
+    missing += [f"results[{i}].{k}" for k in ("evaluator", "method", "label_fraction",
+                                               "operator", "spec") if k not in row]
+    if not any(m in row for m in METRICS):
+      missing.append(f"results[{i}]: any of {', '.join(METRICS)}")
   if missing:
     raise ValueError(f"{path} lacks {', '.join(missing)}; it was not written by rrjax's eval "
                      "stage (or by an older version): re-run the eval stage.")
   return report
-
-
-def severity(spec: dict[str, Any]) -> float | None:
-  """The operator's level for severity plots (p for mask, sigma for noise and blur), or
-  None where it has none or draws it from a range."""
-  value = spec.get(LEVEL_FIELDS.get(spec.get("kind"), ""))
-  return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def flatten(workdir: str, report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,9 +87,10 @@ def flatten(workdir: str, report: dict[str, Any]) -> list[dict[str, Any]]:
              **{k: report["setting"][k] for k in SETTING_FIELDS[1:]}}
   rows = []
   for result in report["results"]:
-    row = {"workdir": workdir, **setting, "method": result["method"],
-           "label_fraction": float(result["label_fraction"]), "operator": result["operator"],
-           "kind": result["spec"]["kind"], "level": severity(result["spec"])}
+    row = {"workdir": workdir, **setting, "evaluator": result["evaluator"],
+           "method": result["method"], "label_fraction": float(result["label_fraction"]),
+           "solver": result.get("solver") or "", "operator": result["operator"],
+           "kind": result["spec"]["kind"], "level": operators.severity(result["spec"])}
     for metric in METRICS:
       summary = result.get(metric) or {}
       for stat in ("mean", "std", "sem"):
@@ -151,7 +143,9 @@ def is_transfer(row: dict[str, Any]) -> bool:
 
 
 def table_of(row: dict[str, Any]) -> str:
-  """Which table shows a row: "table1", "table2", "table13" or "other"."""
+  """Which table shows a row: "table1", "table2", "table13", "agreement" or "other"."""
+  if row["method"] in AGREEMENT_METHODS:
+    return "agreement"
   if is_transfer(row):
     return "table2"
   matched = row["operator"] == row["train_operator"]
@@ -169,18 +163,10 @@ def _percent(value: float) -> str:
 
 
 def format_metric(row: dict[str, Any], metric: str) -> str:
-  """"83.02 ± 0.21" (top-1/top-5 in %), "0.918 ± 0.004" (AUC), or "–" when absent."""
-  mean, sem = row.get(f"{metric}_mean"), row.get(f"{metric}_sem")
-  if mean is None:
-    return MISSING
-  digits = 3 if metric == "auc" else 2
-  return f"{mean:.{digits}f} ± {sem or 0:.{digits}f}"
-
-
-def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-  lines += ["| " + " | ".join(cells) + " |" for cells in body]
-  return "\n".join(lines) + "\n"
+  """A flat row's metric as `rrjax.results.format_summary` shows it ("83.02 ± 0.21")."""
+  from rrjax.results import format_summary
+  return format_summary({"mean": row.get(f"{metric}_mean"), "sem": row.get(f"{metric}_sem")},
+                        metric)
 
 
 def short_teacher(teacher: str) -> str:
@@ -241,7 +227,7 @@ def table2(rows: Sequence[dict[str, Any]]) -> str:
   body = []
   for metric, name in (("top1", "top-1 (%)"), ("auc", "AUC")):
     with_metric = [row for row in mine if row[f"{metric}_mean"] is not None]
-    cells = _pivot(with_metric, lambda r: (r["dataset"], METHOD_NAMES.get(r["method"], r["method"]),
+    cells = _pivot(with_metric, lambda r: (r["dataset"], method_name(r["method"]),
                                            _percent(r["label_fraction"]), name), metric)
     body += [[*key, *(cells[key].get(op, MISSING) for op in ops)] for key in cells]
   families = {paper_numbers.dataset_family(row["dataset"]) for row in mine}
@@ -267,7 +253,7 @@ def table13(rows: Sequence[dict[str, Any]]) -> str:
   ours = [row for row in rows if row["method"] == "student_probe" and not is_transfer(row)
           and row["loss"] == "student_teacher" and row["operator"] == row["train_operator"]
           and row["operator"] in ops and (row["dataset"], row["label_fraction"]) in settings]
-  cells = _pivot(baselines + ours, lambda r: (METHOD_NAMES.get(r["method"], r["method"]),
+  cells = _pivot(baselines + ours, lambda r: (method_name(r["method"]),
                                               _percent(r["label_fraction"]), r["dataset"],
                                               short_teacher(r["teacher"])))
   body = [[*key, *(cells[key].get(op, MISSING) for op in ops)] for key in cells]
@@ -287,22 +273,25 @@ def other_table(rows: Sequence[dict[str, Any]]) -> str:
                                                         "dataset")})
     body.append([row["workdir"], row["experiment"], row["dataset"],
                  short_teacher(row["teacher"]), row["loss"],
-                 row["train_operator"], METHOD_NAMES.get(row["method"], row["method"]),
+                 row["train_operator"], method_name(row["method"]),
                  _percent(row["label_fraction"]), row["operator"],
-                 *(format_metric(row, m) for m in METRICS),
+                 *(format_metric(row, m) for m in CLASSIFICATION_METRICS),
                  f"{paper['top1']:.1f}" if paper else MISSING])
   return ("### Other results\n\n" + markdown(
       ["workdir", "experiment", "dataset", "teacher", "loss", "train operator", "method",
        "labels", "test operator", "top-1 (%)", "top-5 (%)", "AUC", "paper top-1 (%)"], body))
 
 
-def agreement_table(reports: dict[str, dict]) -> str:
+def agreement_table(rows: Sequence[dict[str, Any]]) -> str:
   """Student-teacher agreement on held-out views: trained student vs its initialisation."""
-  body = [[workdir, report["setting"]["train_operator"], report["setting"]["loss"], op,
-           *(f"{a[which][m]:.3f}" for which in ("trained", "initial")
-             for m in ("cosine", "retrieval_at_1"))]
-          for workdir, report in reports.items()
-          for op, a in report.get("agreement", {}).items()]
+  cells = collections.defaultdict(dict)
+  for row in rows:
+    if table_of(row) == "agreement":
+      key = (row["workdir"], row["train_operator"], row["loss"], row["operator"])
+      cells[key][row["method"]] = row
+  body = [[*key, *(f"{found[m][f'{metric}_mean']:.3f}" if m in found else MISSING
+                   for m in AGREEMENT_METHODS for metric in ("cosine", "retrieval_at_1"))]
+          for key, found in cells.items()]
   if not body:
     return ""
   return ("### Student-teacher agreement\n\n" + markdown(
@@ -328,7 +317,7 @@ def _train_settings(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
 
 def _describe_key_part(field: str, value) -> str:
   if field == "method":
-    return METHOD_NAMES.get(value, value)
+    return method_name(value)
   if field == "label_fraction":
     return f"{_percent(value)} labels"
   if field == "teacher":
@@ -392,7 +381,7 @@ def plot_severity(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
   method and training setting; for each kind with a line of 2+ levels."""
   fields = ("experiment", "dataset", "teacher", "loss", "train", "method", "label_fraction")
   written = []
-  for kind, field in LEVEL_FIELDS.items():
+  for kind, field in operators.SEVERITY_FIELDS.items():
     lines = _lines([r for r in rows if r["kind"] == kind], fields, lambda r: r["level"])
     if any(len(points) > 1 for points in lines.values()):
       written.append(_save_plot(os.path.join(out_dir, f"severity_{kind}.png"), lines, fields,
@@ -434,12 +423,12 @@ def plot_loss_ablation(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str
 
 def write_report(workdirs: Sequence[str], out_dir: str = ".") -> list[str]:
   """Writes results.csv, report.md and the plots that have data; returns their paths."""
-  rows, reports = collect(workdirs)
+  rows, _ = collect(workdirs)
   os.makedirs(out_dir, exist_ok=True)
   csv_path = os.path.join(out_dir, "results.csv")
   write_csv(rows, csv_path)
   tables = [t for t in (table1(rows), table2(rows), table13(rows), other_table(rows),
-                        agreement_table(reports)) if t]
+                        agreement_table(rows)) if t]
   md_path = os.path.join(out_dir, "report.md")
   with open(md_path, "w") as f:
     f.write(f"# rrjax report\n\nRuns: {', '.join(workdirs)}\n\n" + "\n".join(tables))

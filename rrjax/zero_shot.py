@@ -62,7 +62,7 @@ def class_names(names: Sequence[str], dataset: str = "") -> list[str]:
     if unknown:
       raise ValueError(f"wnids {unknown[:10]} ({len(unknown)} in all) are not ImageNet-1k "
                        "classes, so they have no zero-shot class name; set "
-                       "eval.class_names_file to a file of names in label order.")
+                       "evals.zero_shot.class_names_file to a file of names in label order.")
     return [imagenet[name] for name in names]
   base_name = re.split(r"[:/]", dataset, maxsplit=1)[0]
   if base_name in DATASETS:
@@ -79,7 +79,8 @@ def templates(kind: str = "clip80") -> list[str]:
     return _data_lines("clip_imagenet_templates.txt")
   if kind == "single":
     return [SINGLE_TEMPLATE]
-  raise ValueError(f"eval.zero_shot_templates={kind!r}; allowed: {', '.join(TEMPLATE_KINDS)}.")
+  raise ValueError(f"evals.zero_shot.templates={kind!r}; allowed: "
+                   f"{', '.join(TEMPLATE_KINDS)}.")
 
 
 def _unit(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

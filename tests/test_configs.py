@@ -93,10 +93,33 @@ def test_family_smoke_runs_end_to_end(family, tmp_path):
   config.unlock()
   config.eval.repeats = 1
   # Agreement and zero-shot are tested with the mask family in tests/test_main.py.
-  config.eval.agreement = config.eval.zero_shot = False
+  for name in [n for n, spec in config.evals.items() if spec.type in ("agreement", "zero_shot")]:
+    del config.evals[name]
   config.num_epochs = config.probe.num_epochs = config.baseline.num_epochs = 1
   stages.run_stages(config, str(tmp_path), mesh=sharding.make_mesh(jax.devices()[:1]))
   report = json.loads((tmp_path / "results.json").read_text())
   assert report["results"], family
   for row in report["results"]:
     assert 0 <= row["top1"]["mean"] <= 100
+
+
+def test_evaluators_are_chosen_by_name_and_checked():
+  config = config_lib.load_config(os.path.join(REPO, "configs", "mask.py"))
+  assert {spec.type for spec in config.evals.values()} == {"classification", "zero_shot",
+                                                           "agreement"}
+  assert config_lib.evaluator_options("zs", {"type": "zero_shot"}) == {
+      "type": "zero_shot", "templates": "clip80", "class_names_file": "", "repeats": 0}
+  from rrjax import evaluators
+  assert set(evaluators.TYPES) == set(config_lib.EVALUATORS)
+  with pytest.raises(ValueError, match=r"evals.x.type='nope'"):
+    config_lib.evaluator_options("x", {"type": "nope"})
+  with pytest.raises(ValueError, match=r"evals.zs has unknown option\(s\) \['template'\]"):
+    config_lib.evaluator_options("zs", {"type": "zero_shot", "template": "single"})
+  config.unlock()
+  config.evals.zero_shot.templates = "ensemble"
+  with pytest.raises(ValueError, match="evals.zero_shot.templates"):
+    config_lib.check_config(config, 1)
+  config.evals.zero_shot.templates = "single"
+  config.probe.solver = "sgd"
+  with pytest.raises(ValueError, match="probe.solver"):
+    config_lib.check_config(config, 1)

@@ -44,10 +44,18 @@ def test_agreement_metrics():
   assert shuffled["retrieval_at_1"] == 0.0 and shuffled["cosine"] < 0.5
 
 
-def test_with_level_and_bad_kind():
-  assert evaluate.with_level({"kind": "mask", "p": 0.9}, 0.99) == {"kind": "mask", "p": 0.99}
+def test_severity_is_declared_once_per_kind():
+  assert operators.with_severity({"kind": "mask", "p": 0.9}, 0.99) == {"kind": "mask", "p": 0.99}
+  assert operators.with_severity({"kind": "blur", "kernel_size": 21, "sigma": 5.0}, 9.0)[
+      "sigma"] == 9.0
+  assert [operators.severity(s) for s in ({"kind": "noise", "sigma": 0.3},
+                                          {"kind": "mask", "p": (0.5, 0.9)},
+                                          {"kind": "identity"})] == [0.3, None, None]
+  assert set(operators.SEVERITY_FIELDS) <= set(operators._SCHEMA)
+  for kind, field in operators.SEVERITY_FIELDS.items():
+    assert field in operators._SCHEMA[kind]
   with pytest.raises(ValueError, match="eval.levels"):
-    evaluate.with_level({"kind": "identity"}, 0.5)
+    operators.with_severity({"kind": "identity"}, 0.5)
 
 
 def _padded_batches(images, labels, batch_size):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rrjax import config as config_lib
-from rrjax import export, main as rrjax_main, models, sharding, stages
+from rrjax import export, main as rrjax_main, models, operators, results, sharding, stages
 from rrjax.models import clip
 from rrjax.teachers import clip as clip_teacher
 from support.open_clip_ref import import_open_clip
@@ -199,19 +199,20 @@ def test_rrjax_export_of_a_resnet_student(workdir, tmp_path):
 
 def test_model_card_names_the_run_and_its_results(workdir):
   config = export.read_config(workdir)
-  report = {"results": [{"method": "student_probe", "label_fraction": 1.0,
-                         "operator": "mask p=0.9", "top1": {"mean": 50.0, "sem": 1.0}}],
-            "agreement": {}}
-  results = os.path.join(workdir, "results.md")
-  with open(results, "w") as f:
-    f.write(stages.markdown_table(report))
+  rows = [results.row(evaluator="classification", type="classification",
+                      method="student_probe", label_fraction=1.0, solver="adam",
+                      spec={"kind": "mask", "p": 0.9}, describe=operators.describe,
+                      metrics={"top1": {"mean": 50.0, "std": 1.0, "sem": 1.0}})]
+  results_md = os.path.join(workdir, "results.md")
+  with open(results_md, "w") as f:
+    f.write(results.results_markdown(rows))
   try:
     card = export.model_card(config, workdir, "hf", "/models/robust", 6)
   finally:
-    os.remove(results)
+    os.remove(results_md)
   assert config.teacher.name in card and "mask p=0.9" in card
   assert "6 steps, 1 epoch(s), global batch 16" in card
-  assert "| student_probe | 1 | mask p=0.9 | 50.00 ± 1.00 |" in card
+  assert "| ours | 1 | adam | mask p=0.9 | 50.00 ± 1.00 |" in card
   assert "CLIPModel.from_pretrained('/models/robust')" in card
 
 

@@ -52,22 +52,29 @@ def _student_params(workdir):
 def test_pipeline_end_to_end(full_run):
   workdir, done = full_run
   report = json.loads((workdir / "results.json").read_text())
-  agreement = report["agreement"]["mask p=0.9"]
+  rows = {(r["evaluator"], r["method"], r["operator"]): r for r in report["results"]}
+  trained = rows["agreement", "agreement", "mask p=0.9"]
+  initial = rows["agreement", "agreement_initial", "mask p=0.9"]
   # The student starts as the teacher (the paper's setting) and learns to map corrupted
   # images to the teacher's clean embeddings: agreement on held-out corrupted images rises
   # above the teacher's own on them.
-  trained, initial = agreement["trained"], agreement["initial"]
-  assert trained["cosine"] > initial["cosine"] + 0.02, agreement
-  assert trained["retrieval_at_1"] > 2 * initial["retrieval_at_1"], agreement
-  probe = [r for r in report["results"] if r["method"] == "student_probe"][0]
-  assert probe["top1"]["mean"] > 40  # 4 classes: chance is 25%.
-  assert len(report["results"]) == 2  # the probe and zero-shot
+  assert trained["cosine"]["mean"] > initial["cosine"]["mean"] + 0.02, (trained, initial)
+  assert (trained["retrieval_at_1"]["mean"]
+          > 2 * initial["retrieval_at_1"]["mean"]), (trained, initial)
+  probe = rows["classification", "student_probe", "mask p=0.9"]
+  assert probe["top1"]["mean"] > 40 and probe["solver"] == "adam"  # 4 classes: chance 25%.
+  # Zero-shot side by side: the student and the teacher on corrupted images, and the
+  # teacher's clean ceiling once.
+  assert {k for k in rows if k[0] == "zero_shot"} == {
+      ("zero_shot", "zero_shot", "mask p=0.9"), ("zero_shot", "zero_shot_teacher", "mask p=0.9"),
+      ("zero_shot", "zero_shot_teacher_clean", "identity")}
+  assert len(report["results"]) == 6
   for name in ("config.json", "versions.json", "results.md", "metrics.jsonl"):
     assert (workdir / name).exists(), name
   assert os.listdir(workdir / "tensorboard")
   for stage in ("cache", "student", "probe", "eval"):
     assert json.loads((workdir / stage / "done.json").read_text())["seconds"] > 0
-  assert "| student_probe | 1 | mask p=0.9 |" in done.stdout
+  assert "| ours | 1 | adam | mask p=0.9 |" in done.stdout
   versions = json.loads((workdir / "versions.json").read_text())
   assert versions["jax"] == importlib.metadata.version("jax")
   assert versions["tokenizers"] == importlib.metadata.version("tokenizers")
@@ -142,6 +149,29 @@ def test_cache_of_another_config_is_refused_before_training(env, tmp_path):
   with pytest.raises(ValueError, match="seed"):
     stages.run_stages(other, str(tmp_path))
   assert not (tmp_path / "student").exists()
+
+
+def test_a_stage_never_trains_what_it_needs_but_names_the_stage(env, tmp_path):
+  config = _smoke_config(stages=("eval",))
+  with pytest.raises(FileNotFoundError, match=r"'student' stage.*add 'student' to config.stages"):
+    stages.run_stages(config, str(tmp_path))
+  assert not (tmp_path / "student").exists()
+
+
+def test_lbfgs_probe_on_another_runs_student(full_run, env, tmp_path):
+  """probe.solver="lbfgs" fits a converged probe on the trained student's features, and
+  the eval stage reports which solver produced each row."""
+  workdir, _ = full_run
+  config = _smoke_config(stages=("probe", "eval"), **{"student.restore_from": str(workdir),
+                                                      "probe.solver": "lbfgs",
+                                                      "eval.repeats": 2})
+  config.evals = config_lib.evals("classification")
+  stages.run_stages(config, str(tmp_path))
+  summary = json.loads((tmp_path / "probe" / "done.json").read_text())["summary"]
+  assert summary["solver"] == "lbfgs" and summary["fractions"]["1"]["l2"] > 0
+  (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert (row["method"], row["solver"]) == ("student_probe", "lbfgs")
+  assert row["top1"]["mean"] > 40
 
 
 def test_smoke_assets_are_reused(env):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rrjax import operators
 from rrjax import paper_numbers
-from rrjax import report
+from rrjax import report, results
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # Real results.json files of smoke runs (configs/mask.py:smoke): p=0.9; p=0.9 tested at
@@ -26,28 +26,27 @@ def _smoke(name="results_smoke.json") -> dict:
     return json.load(f)
 
 
-def _row(method, fraction, spec, top1, sem=0.5, **metrics) -> dict:
-  """A results row in the eval stage's schema."""
-  row = {"method": method, "label_fraction": fraction, "operator": operators.describe(spec),
-         "spec": spec, "top1": {"mean": top1, "std": 2 * sem, "sem": sem}}
-  for name, mean in metrics.items():
-    row[name] = {"mean": mean, "std": 0.0, "sem": 0.0}
-  return row
+def _row(method, fraction, spec, top1, sem=0.5, evaluator="classification", **metrics) -> dict:
+  """A results row in the eval stage's schema (`rrjax.results.row`)."""
+  summaries = {name: {"mean": mean, "std": 0.0, "sem": 0.0} for name, mean in metrics.items()}
+  if top1 is not None:
+    summaries["top1"] = {"mean": top1, "std": 2 * sem, "sem": sem}
+  return results.row(evaluator=evaluator, type=evaluator, method=method, spec=spec,
+                     metrics=summaries, describe=operators.describe, label_fraction=fraction,
+                     solver="adam" if method.endswith("_probe") else None)
 
 
-def _workdir(root, name, rows, *, train_spec, experiment="E1,E2,E3", agreement=None,
-             **setting) -> str:
+def _workdir(root, name, rows, *, train_spec, experiment="E1,E2,E3", **setting) -> str:
   """A workdir holding a results.json shaped like the smoke run's, with these rows."""
-  results = _smoke()
-  results["experiment"] = experiment
-  results["setting"].update(train_operator=operators.describe(train_spec),
-                            train_spec=train_spec, **setting)
-  results["results"] = rows
-  results["agreement"] = agreement or {}
+  smoke = _smoke()
+  smoke["experiment"] = experiment
+  smoke["setting"].update(train_operator=operators.describe(train_spec),
+                          train_spec=train_spec, **setting)
+  smoke["results"] = rows
   path = os.path.join(root, name)
   os.makedirs(path)
   with open(os.path.join(path, "results.json"), "w") as f:
-    json.dump(results, f)
+    json.dump(smoke, f)
   return path
 
 
@@ -78,9 +77,11 @@ def runs(tmp_path_factory):
           _row("student_probe", 0.1, mask90, 77.5, 0.125),
           _row("student_probe", 0.01, mask90, 60.0),
           _row("baseline", 1.0, mask90, 70.0, 1.0, top5=90.0),
-          _row("zero_shot", 0.0, mask90, 50.0)], train_spec=mask90,
-          agreement={"mask p=0.9": {"trained": {"cosine": 0.8, "retrieval_at_1": 0.5},
-                                    "initial": {"cosine": 0.1, "retrieval_at_1": 0.0}}}),
+          _row("zero_shot", 0.0, mask90, 50.0, evaluator="zero_shot"),
+          _row("agreement", 0.0, mask90, None, evaluator="agreement", cosine=0.8,
+               retrieval_at_1=0.5),
+          _row("agreement_initial", 0.0, mask90, None, evaluator="agreement", cosine=0.1,
+               retrieval_at_1=0.0)], train_spec=mask90),
       "mask50": _workdir(root, "mask50", [
           _row("student_probe", 1.0, {"kind": "mask", "p": 0.5}, 84.0)],
           train_spec={"kind": "mask", "p": 0.5}),
@@ -161,19 +162,17 @@ def test_short_teacher_and_format_metric():
   assert report.format_metric({"top5_mean": None, "top5_sem": None}, "top5") == "–"
 
 
-def test_severity_and_flatten():
-  assert report.severity({"kind": "mask", "p": 0.75}) == 0.75
-  assert report.severity({"kind": "blur", "kernel_size": 37, "sigma": 9.0}) == 9.0
-  assert report.severity({"kind": "noise", "sigma": [0.1, 0.3]}) is None
-  assert report.severity({"kind": "identity"}) is None
-  results = _smoke()
-  rows = report.flatten("w", results)
-  assert len(rows) == len(results["results"])
-  for row, result in zip(rows, results["results"]):
-    assert row["top1_mean"] == result["top1"]["mean"]
-    assert row["top1_sem"] == result["top1"]["sem"]
+def test_flatten():
+  smoke = _smoke()
+  rows = report.flatten("w", smoke)
+  assert len(rows) == len(smoke["results"])
+  for row, result in zip(rows, smoke["results"]):
+    assert row["evaluator"] == result["evaluator"] and row["method"] == result["method"]
+    for metric in results.METRICS:
+      assert row[f"{metric}_mean"] == (result.get(metric) or {}).get("mean")
     assert row["top5_mean"] is None and row["auc_mean"] is None  # 4 smoke classes
-    assert row["train_operator"] == results["setting"]["train_operator"]
+    assert row["level"] == operators.severity(result["spec"])
+    assert row["train_operator"] == smoke["setting"]["train_operator"]
     assert json.loads(row["spec"]) == result["spec"]
 
 
@@ -223,7 +222,7 @@ def test_table13(written):
 
 def test_other_table(written):
   rows = _table(written["markdown"], "Other results")
-  zero_shot = _find(rows, method="zero-shot")
+  zero_shot = _find(rows, method="zero-shot (student)")
   assert (zero_shot["top-1 (%)"], zero_shot["paper top-1 (%)"]) == ("50.00 ± 0.50", "62.3")
   both90 = _find(rows, loss="student_both", **{"test operator": "mask p=0.9"})
   assert (both90["top-1 (%)"], both90["paper top-1 (%)"]) == ("82.00 ± 0.50", "82.5")
@@ -340,3 +339,19 @@ def test_real_smoke_results(tmp_path, capsys, caplog):
   for name in ("severity_mask.png", "label_efficiency.png", "loss_ablation.png"):
     with Image.open(os.path.join(out, name)) as image:
       assert (image.format, image.size) == ("PNG", (600, 400))
+
+
+def test_results_rows_and_their_markdown():
+  mask = {"kind": "mask", "p": 0.9}
+  rows = [_row("student_probe", 1.0, mask, 80.0, top5=95.0),
+          _row("nlm+clean_teacher_probe", 1.0, mask, 40.0, evaluator="restoration"),
+          _row("agreement", 0.0, mask, None, evaluator="agreement", cosine=0.75)]
+  assert rows[0]["solver"] == "adam" and rows[2]["solver"] is None
+  text = results.results_markdown(rows)
+  assert text.count("### ") == 3
+  assert "| ours | 1 | adam | mask p=0.9 | 80.00 ± 0.50 | 95.00 ± 0.00 |" in text
+  assert "| nlm + clean-teacher probe | 1 | adam | mask p=0.9 | 40.00 ± 0.50 |" in text
+  assert "| student vs teacher | 0 | – | mask p=0.9 | 0.750 ± 0.000 |" in text
+  with pytest.raises(ValueError, match="accuracy"):
+    results.row(evaluator="x", type="x", method="m", spec=mask, describe=operators.describe,
+                metrics={"accuracy": {"mean": 1.0}})

@@ -60,7 +60,7 @@ def test_dataset_lists_in_label_order(dataset, size, spot_checks):
 
 def test_class_names_for_wnids_datasets_and_folders():
   assert zero_shot.class_names(["n02088364", "n01440764"]) == ["Beagle", "tench"]
-  with pytest.raises(ValueError, match=r"n09999999.*eval.class_names_file"):
+  with pytest.raises(ValueError, match=r"n09999999.*evals.zero_shot.class_names_file"):
     zero_shot.class_names(["n01440764", "n09999999"])
   # A tfds name with a version, and a subset of its labels in another order.
   assert zero_shot.class_names(["sweet_pepper", "apple"], "cifar100:3.0.2") == [
@@ -78,7 +78,7 @@ def test_templates():
   assert clip80[0] == "a bad photo of a {}." and clip80[-1] == "a tattoo of the {}."
   assert "itap of a {}." in clip80
   assert zero_shot.templates("single") == ["a photo of a {}."]
-  with pytest.raises(ValueError, match=r"eval.zero_shot_templates='ensemble'.*clip80, single"):
+  with pytest.raises(ValueError, match=r"evals.zero_shot.templates='ensemble'.*clip80, single"):
     zero_shot.templates("ensemble")
 
 

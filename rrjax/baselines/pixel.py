@@ -307,7 +307,8 @@ def restoration(name: str, operator_spec: dict, *, steps: int = 5000,
   kind = operator_spec.get("kind")
   if name == "nlm":
     if kind != "noise":
-      raise ValueError(f"eval.restore='nlm' denoises; the operator is {kind!r}, not 'noise'.")
+      raise ValueError(f"evals.restoration.restore='nlm' denoises; the operator is {kind!r}, "
+                       "not 'noise'.")
     sigma = float(np.mean(operator_spec["sigma"]))
 
     def restore(corrupted01):
@@ -323,4 +324,4 @@ def restoration(name: str, operator_spec: dict, *, steps: int = 5000,
       return fit_deep_decoder(jax.random.key(0), corrupted01, mask, steps=steps,
                               channels=channels, num_layers=num_layers).images
     return restore
-  raise ValueError(f"eval.restore={name!r}; allowed: {', '.join(RESTORATIONS)} (or '').")
+  raise ValueError(f"evals.restoration.restore={name!r}; allowed: {', '.join(RESTORATIONS)}.")

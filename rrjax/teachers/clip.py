@@ -60,7 +60,7 @@ class CLIPTeacher:
     """Text embeddings [N, dim] in CLIP's joint space (unnormalised, float32)."""
     if self._text_params is None:
       raise ValueError(f"{self.name} has no text tower; zero-shot needs one "
-                       "(set --config.eval.zero_shot=False).")
+                       "(remove the zero_shot evaluator from config.evals).")
     ids = self.checkpoint.tokenizer()(list(prompts))
     return self._embed_tokens({"params": self._text_params}, jnp.asarray(ids))
 

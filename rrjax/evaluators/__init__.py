@@ -1,0 +1,36 @@
+"""Evaluators, chosen by name in `config.evals` (big_vision style).
+
+`config.evals` maps a name to `{"type": <type>, **options}`; the eval stage runs each in
+order and gathers their result rows (`rrjax.results`, one schema) into results.json and
+results.md. Types and their options (defaults in `rrjax.config.EVALUATORS`):
+
+  classification  the run's probes and baseline under the test corruptions (R draws)
+  out_of_class    the same on the 5 unseen, relabelled classes (SPEC E5)
+  zero_shot       text-tower zero-shot: student, teacher on corrupted and on clean images
+  agreement       cosine / retrieval@1 of S(A(x)) against R(x), trained and initial student
+  restoration     pixel-space restoration, then the probes (SPEC E7)
+
+Every evaluator is one module with one entry point
+`evaluate(ctx, name, options) -> list[row]`; a new one is a module plus a line here and
+its default options in `rrjax.config.EVALUATORS`.
+"""
+
+from __future__ import annotations
+
+from rrjax import config as config_lib
+from rrjax.evaluators import agreement, classification, restoration, zero_shot
+from rrjax.stages.context import Context
+
+TYPES = {
+    "classification": classification.evaluate,
+    "out_of_class": classification.evaluate_out_of_class,
+    "zero_shot": zero_shot.evaluate,
+    "agreement": agreement.evaluate,
+    "restoration": restoration.evaluate,
+}
+
+
+def run(ctx: Context, name: str, spec) -> list[dict]:
+  """The rows of evaluator `name` (`spec`: its entry in config.evals)."""
+  options = config_lib.evaluator_options(name, spec)
+  return TYPES[options["type"]](ctx, name, options)

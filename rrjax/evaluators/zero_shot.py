@@ -1,0 +1,67 @@
+"""Evaluator "zero_shot" (SPEC E13): CLIP-style zero-shot classification with the
+teacher's text tower, side by side for
+- the student on corrupted images ("zero_shot": what rrjax's robust CLIP does),
+- the teacher on corrupted images ("zero_shot_teacher": what plain CLIP does),
+- the teacher on clean images ("zero_shot_teacher_clean": the ceiling; one row).
+
+Class names: `class_names_file` (one per line, in label order), else the data set's own
+names made human-readable (`rrjax.zero_shot.class_names`: wnids -> CLIP's ImageNet names,
+CIFAR/STL label names -> CLIP's). Prompts: `templates` "clip80" (CLIP's 80 ImageNet
+templates, ensembled in embedding space) or "single" ("a photo of a {}.").
+Options also: `repeats` (0 = eval.repeats).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rrjax import losses, objectives, operators, results, zero_shot
+from rrjax.evaluators import common
+from rrjax.stages import student as student_stage
+from rrjax.stages.context import Context
+
+
+def class_names(ctx: Context, options: dict) -> list[str]:
+  path = options["class_names_file"]
+  num_classes = ctx.train_source.num_classes
+  if not path:
+    return zero_shot.class_names(ctx.train_source.class_names, ctx.config.data.name)
+  with open(path) as f:
+    names = [line.strip() for line in f if line.strip()]
+  if len(names) != num_classes:
+    raise ValueError(f"evals.zero_shot.class_names_file={path!r} has {len(names)} names for "
+                     f"{num_classes} classes.")
+  return names
+
+
+def _scores(embed):
+  """Cosine logits (x100, CLIP's scale) of an image embedder against the text classifier."""
+  return lambda v, corrupted, batch: 100 * losses.l2_normalize(
+      embed(v["image"], corrupted, batch)) @ v["text"].T
+
+
+def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
+  if not hasattr(ctx.teacher, "embed_text"):
+    logging.warning("evals.%s: teacher %s has no text tower; zero-shot skipped.", name,
+                    ctx.config.teacher.name)
+    return []
+  text = zero_shot.classifier(ctx.teacher.embed_text, class_names(ctx, options),
+                              zero_shot.templates(options["templates"]))
+  teacher = (objectives.teacher_features(ctx.teacher.apply),
+             {"image": ctx.teacher.params, "text": text})
+  models = [("zero_shot_teacher", *teacher)]
+  if student_stage.exists(ctx.config):
+    embed, variables = student_stage.features(ctx, name)
+    models.insert(0, ("zero_shot", embed, {"image": variables, "text": text}))
+  num_repeats = common.repeats(ctx, options)
+
+  def row(method, embed, variables, spec, draws):
+    metrics = common.classify(ctx, _scores(embed), variables, spec, ctx.eval_source,
+                              num_repeats=draws)
+    return results.row(evaluator=name, type=options["type"], method=method, spec=spec,
+                       metrics=metrics, describe=operators.describe)
+
+  rows = [row(method, embed, variables, spec, num_repeats)
+          for spec in ctx.test_operators() for method, embed, variables in models]
+  rows.append(row("zero_shot_teacher_clean", *teacher, {"kind": "identity"}, 1))
+  return rows
