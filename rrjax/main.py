@@ -1,7 +1,11 @@
 """rrjax's entry point: `python -m rrjax.main --config=configs/mask.py --workdir=DIR`.
 
-Runs the stages the config names (`rrjax.stages`), resuming whatever an earlier run
+Checks the config, the data, the teacher and the workdir first (`rrjax.preflight`), then
+runs the stages the config names (`rrjax.stages`), resuming whatever an earlier run
 left unfinished. `--config.x=y` overrides any field; misspelt fields are rejected.
+`--dry_run` only checks and prints the plan. The terminal shows one line per stage,
+progress bars, warnings and the results; all logs go to WORKDIR/log.txt (`--verbosity=1`
+shows them here too). Bad input ends with a short message (`--debug`: the traceback).
 Multi-host: set RRJAX_COORDINATOR=host:port, RRJAX_NUM_PROCESSES and RRJAX_PROCESS_ID
 (or run under SLURM with several tasks, or on a TPU pod slice) and every process runs
 this same command (see `launch/`).
@@ -21,6 +25,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, checkpoints, results.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Only check the input and print the plan.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks of input errors too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _VERSIONED = ("rrjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "huggingface_hub",
@@ -62,6 +68,8 @@ def write_run_info(config, workdir: str) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from rrjax import console
+  console.quiet_terminal(flags.FLAGS.verbosity)
   initialize_distributed()
   import jax
   if jax.default_backend() != "cpu":
@@ -71,21 +79,43 @@ def main(argv) -> None:
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "RRJAX_COMPILATION_CACHE",
         os.path.join(os.path.expanduser("~"), ".cache", "rrjax", "xla")))
-  from rrjax import config as config_lib
-  from rrjax import stages
+  from rrjax import preflight, stages
   config, workdir = _CONFIG.value, _WORKDIR.value
-  config_lib.check_config(config, jax.device_count())
-  if jax.process_index() == 0:
-    write_run_info(config, workdir)
-  logging.info("rrjax: %d processes, %d devices; workdir %s", jax.process_count(),
-               jax.device_count(), workdir)
-  summaries = stages.run_stages(config, workdir)
-  if "eval" in summaries and jax.process_index() == 0:
-    print(open(os.path.join(workdir, "results.md")).read())
+  log_path = console.setup(workdir, flags.FLAGS.verbosity)
+  try:
+    plan = preflight.preflight(config, workdir, jax.device_count())
+    console.say(plan.describe())
+    if _DRY_RUN.value:
+      return
+    if jax.process_index() == 0:
+      write_run_info(config, workdir)
+    logging.info("rrjax: %d processes, %d devices; workdir %s", jax.process_count(),
+                 jax.device_count(), workdir)
+    summaries = stages.run_stages(config, workdir)
+  except (preflight.PreflightError, ValueError, FileNotFoundError) as e:
+    if _DEBUG.value:
+      raise
+    console.error(f"{e}\n(traceback in {log_path}; --debug shows it here)")
+    sys.exit(2)
+  if "eval" in summaries:
+    with open(os.path.join(workdir, "results.md")) as f:
+      console.say(f.read())
+  console.say(console.where_things_are(workdir, config))
+
+
+def check_argv_order(argv: list[str]) -> None:
+  """absl needs --config=FILE before any --config.x=y override; say so plainly."""
+  for arg in argv[1:]:
+    if arg.startswith(("--config=", "-config=")) or arg in ("--config", "-config"):
+      return
+    if arg.startswith(("--config.", "-config.")):
+      sys.exit(f"error: {arg.split('=')[0]} comes before --config=FILE; put --config=FILE "
+               "first, then the --config.x=y overrides.")
 
 
 def run() -> None:
   """Console-script entry point (`rrjax --config=... --workdir=...`)."""
+  check_argv_order(sys.argv)
   app.run(main)
 
 

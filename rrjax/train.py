@@ -11,7 +11,6 @@ parameters of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import queue
 import threading
@@ -25,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from rrjax import sharding
+from rrjax import console, sharding
 from rrjax import writers as writers_lib
 
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
@@ -289,7 +288,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   if resumed_from:
     state, loader_state = _restore(manager, resumed_from, state, with_loader=True)
     loader.set_state(loader_state)
-    logging.info("%s: resumed from step %d in %s", name, resumed_from, ckpt_dir)
+    console.say(f"{name}: resumed from step {resumed_from} in {ckpt_dir}")
 
   step_fn = jax.jit(
       lambda s, b, k, f: train_step(s, b, k, f, loss_fn=loss_fn,

@@ -5,6 +5,7 @@ before anything compiles."""
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,13 @@ def test_pipeline_end_to_end(full_run):
   for stage in ("cache", "student", "probe", "eval"):
     assert json.loads((workdir / stage / "done.json").read_text())["seconds"] > 0
   assert "| ours | 1 | adam | mask p=0.9 |" in done.stdout
+  # A console for people: a line per stage and where things are; library INFO logs only
+  # in log.txt (absl's format starts "I<month><day> ").
+  assert "[2/4] student: trains the clip student on mask p=0.9" in done.stdout
+  assert f"tensorboard --logdir {workdir / 'tensorboard'}" in done.stdout
+  assert not re.search(r"^I\d{4} ", done.stderr, re.M), done.stderr[:2000]
+  log = (workdir / "log.txt").read_text()
+  assert "checkpoint_manager.py" in log and "[4/4] eval:" in log
   versions = json.loads((workdir / "versions.json").read_text())
   assert versions["jax"] == importlib.metadata.version("jax")
   assert versions["tokenizers"] == importlib.metadata.version("tokenizers")
@@ -86,7 +94,7 @@ def test_rerun_skips_finished_stages(full_run, env):
   done = subprocess.run(_command(workdir), env=env, capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-3000:]
   assert (workdir / "results.json").read_text() == before
-  assert "finished before, skipped" in done.stderr
+  assert "[1/4] cache: finished before, skipped" in done.stdout
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, tmp_path):
@@ -104,7 +112,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, t
   assert not (tmp_path / "student" / "done.json").exists(), "killed too late to test resume"
   resumed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
   assert resumed.returncode == 0, resumed.stderr[-12000:]
-  assert "student: resumed from step" in resumed.stderr
+  assert "student: resumed from step" in resumed.stdout
   step, params = _student_params(tmp_path)
   reference_step, reference = _student_params(reference_dir)
   assert step == reference_step
@@ -149,6 +157,33 @@ def test_cache_of_another_config_is_refused_before_training(env, tmp_path):
   with pytest.raises(ValueError, match="seed"):
     stages.run_stages(other, str(tmp_path))
   assert not (tmp_path / "student").exists()
+
+
+def test_preflight_checks_data_before_the_teacher_and_dry_run_only_plans(env, tmp_path):
+  done = subprocess.run(
+      _command(tmp_path / "run", "--config.data.root=/no/such/data",
+               "--config.teacher.name=rrjax-test/not-downloaded"),
+      env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 2
+  assert done.stderr.startswith("error: data.root='/no/such/data'"), done.stderr
+  assert "Traceback" not in done.stderr
+  done = subprocess.run(_command(tmp_path / "run", "--config.teacher.name=rrjax-test/absent",
+                                 "--dry_run"), env=dict(env, HF_HUB_OFFLINE="1"),
+                        capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 2 and "huggingface-cli download rrjax-test/absent" in done.stderr
+  done = subprocess.run(_command(tmp_path / "plan", "--dry_run"), env=env,
+                        capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "data: 96 training and 96 evaluation images, 4 classes" in done.stdout
+  assert "stage student: 48 training steps" in done.stdout
+  assert sorted(os.listdir(tmp_path / "plan")) == ["log.txt"]  # Nothing else was done.
+
+
+def test_overrides_before_the_config_file_get_a_plain_message():
+  from rrjax import main
+  with pytest.raises(SystemExit, match="--config.seed comes before --config=FILE"):
+    main.check_argv_order(["rrjax", "--config.seed=1", "--config=configs/mask.py"])
+  main.check_argv_order(["rrjax", "--config=configs/mask.py", "--config.seed=1"])
 
 
 def test_a_stage_never_trains_what_it_needs_but_names_the_stage(env, tmp_path):

@@ -26,7 +26,6 @@ from ml_collections import config_flags
 
 from rrjax.cache import build, from_config, store
 from rrjax.data.sources import build_source
-from rrjax.data.views import ViewSpec
 from rrjax.teachers import build_teacher
 
 COMMANDS = ("build", "inspect", "verify")
@@ -89,7 +88,8 @@ def main(argv):
                                               view_set=_VIEWS.value)
   cache = store.TeacherCache.open(path, expected, require_complete=False)
   result = build.verify_cache(cache, teacher, source,
-                              view_spec=ViewSpec.from_config(config.data), seed=config.seed,
+                              view_spec=from_config.teacher_views(config, teacher),
+                              seed=config.seed,
                               num_samples=_NUM_SAMPLES.value)
   _print_json({"path": path, **result})
   if not result["ok"]:

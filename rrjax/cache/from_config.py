@@ -63,12 +63,18 @@ def dataset_identity(data_cfg, split: str, source) -> dict[str, Any]:
   return identity
 
 
+def teacher_views(config, teacher) -> ViewSpec:
+  """The views the teacher embeds: the student's (`data.*`) cut at the teacher's input
+  size, so a student may train at a lower resolution than its teacher."""
+  return ViewSpec.from_config(config.data).at_size(teacher.image_size)
+
+
 def expected_fingerprint(config, teacher, source, *, split: str,
                          view_set: str) -> dict[str, Any]:
   """The fingerprint a cache must have to serve this config (see `store`)."""
   return store.cache_fingerprint(
       teacher, dataset=dataset_identity(config.data, split, source),
-      num_examples=len(source), preprocessing=ViewSpec.from_config(config.data).as_dict(),
+      num_examples=len(source), preprocessing=teacher_views(config, teacher).as_dict(),
       seed=config.seed, views=cached_views(view_set, config.cache.num_views),
       dtype=config.cache.dtype)
 
@@ -89,7 +95,7 @@ def build_from_config(config, workdir: str, teacher, source, *, split: str,
   """Builds (or resumes) this process's share of the cache this config trains with."""
   return build.build_cache(
       teacher, source, cache_path(config, workdir, split, view_set),
-      view_spec=ViewSpec.from_config(config.data),
+      view_spec=teacher_views(config, teacher),
       views=cached_views(view_set, config.cache.num_views), seed=config.seed,
       batch_size=config.cache.batch_size,
       dataset=dataset_identity(config.data, split, source), dtype=config.cache.dtype,

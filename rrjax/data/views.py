@@ -87,6 +87,15 @@ class ViewSpec:
                ratio=tuple(float(r) for r in data_cfg.crop_ratio),
                mode=str(data_cfg.view_mode), decode=str(data_cfg.get("decode", "full")))
 
+  def at_size(self, size: int) -> "ViewSpec":
+    """The same views at another output size (the teacher's, for a student trained at a
+    lower resolution): training views keep their boxes, which do not depend on the size;
+    the evaluation view keeps its field of view (resize_size scaled by the same factor)."""
+    if size == self.size:
+      return self
+    return dataclasses.replace(self, size=size,
+                               resize_size=round(self.resize_size * size / self.size))
+
   def as_dict(self) -> dict[str, Any]:
     """JSON-able settings (for fingerprints of anything computed from views)."""
     return {"size": self.size, "resize_size": self.resize_size, "scale": list(self.scale),
