@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from rrjax import losses, operators
+from rrjax import adversarial, losses, operators
 
 STAGES = ("cache", "student", "probe", "baseline", "eval")
 PROBE_FEATURES = ("student", "teacher", "clean_teacher", "imagenet")
@@ -25,7 +25,17 @@ EVALUATORS = {
     "zero_shot": {"templates": "clip80", "class_names_file": "", "repeats": 0},
     "agreement": {},
     "restoration": {"restore": "nlm", "steps": 5000, "repeats": 0},
+    # APGD-CE and -DLR per eps (linf budgets in [0, 1] pixels); methods () = every model
+    # there is (probes, baseline, zero-shot student and teacher).
+    "adversarial": {"eps": (1 / 255, 2 / 255, 4 / 255), "steps": 100, "losses": ("ce", "dlr"),
+                    "num_images": 1000, "norm": "linf", "methods": (), "templates": "clip80",
+                    "class_names_file": ""},
 }
+# What the adversarial evaluator's `methods` may name.
+ADVERSARIAL_METHODS = ("probe", "baseline", "zero_shot", "zero_shot_teacher")
+# Evaluator types that test the corruptions of `eval.operators` (default: config.operator).
+TEST_OPERATOR_EVALUATORS = ("classification", "out_of_class", "zero_shot", "agreement",
+                            "restoration")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -241,6 +251,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"stages={tuple(config.stages)} has unknown stage(s) {unknown}; "
                      f"allowed: {', '.join(STAGES)}.")
   operators.build(config.operator)  # Raises ValueError naming the bad operator field.
+  _check_attacks(config)
   losses.check_loss_config(config.loss.kind, config.loss.temperature)
   for field in ("batch_size", "probe.batch_size", "baseline.batch_size", "eval.batch_size",
                 "cache.batch_size"):
@@ -279,10 +290,64 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                      f"{config.data.source!r}).")
 
 
+def _check_attacks(config) -> None:
+  """Attacks (operator kind "pgd") maximise the student's training loss, so only the
+  student stage can run them: refuse them wherever no student is being trained."""
+  for i, spec in enumerate(config.eval.operators):
+    if operators.adversarial_fields(spec):
+      raise ValueError(
+          f"eval.operators[{i}] ({operators.describe(spec)}) is an attack on a training "
+          "loss, but test operators run without one; measure robustness with an evaluator "
+          "of type 'adversarial' (APGD against each classifier) and keep natural operators "
+          "in eval.operators.")
+  attacks = operators.adversarial_fields(config.operator)
+  if not attacks:
+    return
+  fitted = [s for s in ("probe", "baseline") if s in config.stages]
+  if fitted:
+    raise ValueError(
+        f"{attacks[0]} is an attack on the student's loss (kind 'pgd'), but stages {fitted} "
+        "fit on config.operator with no student to attack. Train the student here (stages "
+        "cache, student, eval) and fit probes in a second run with student.restore_from="
+        "WORKDIR and a natural operator (configs/adversarial.py:student=WORKDIR).")
+  testing = sorted(eval_types(config) & set(TEST_OPERATOR_EVALUATORS))
+  if "eval" in config.stages and testing and not config.eval.operators:
+    raise ValueError(
+        f"evaluators {testing} test eval.operators, empty here, so config.operator, but "
+        f"{attacks[0]} (kind 'pgd') is an attack that needs a training loss; set "
+        "eval.operators to natural operators, e.g. ({'kind': 'identity'},), and measure "
+        "robustness with an evaluator of type 'adversarial'.")
+
+
+def _check_adversarial_evaluator(name: str, options: dict) -> None:
+  eps = options["eps"]
+  if (not isinstance(eps, (tuple, list)) or not eps
+      or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0
+                 for e in eps)):
+    raise ValueError(f"evals.{name}.eps={eps!r} must be a non-empty tuple of budgets > 0 "
+                     "(linf: in [0, 1] pixel units, e.g. (2/255, 4/255)).")
+  if options["norm"] not in adversarial.NORMS:
+    raise ValueError(f"evals.{name}.norm={options['norm']!r}; allowed: "
+                     f"{', '.join(adversarial.NORMS)}.")
+  attacks = tuple(options["losses"])
+  if not attacks or not set(attacks) <= set(adversarial.APGD_LOSSES):
+    raise ValueError(f"evals.{name}.losses={attacks}; allowed: a non-empty subset of "
+                     f"{adversarial.APGD_LOSSES}.")
+  for field in ("steps", "num_images"):
+    if not isinstance(options[field], int) or options[field] < 1:
+      raise ValueError(f"evals.{name}.{field}={options[field]!r} must be an integer >= 1.")
+  unknown = sorted(set(options["methods"]) - set(ADVERSARIAL_METHODS))
+  if unknown:
+    raise ValueError(f"evals.{name}.methods has {unknown}; allowed: "
+                     f"{', '.join(ADVERSARIAL_METHODS)}.")
+
+
 def _check_evals(config) -> None:
   for name, spec in config.evals.items():
     options = evaluator_options(name, spec)
-    if options["type"] == "zero_shot":
+    if options["type"] == "adversarial":
+      _check_adversarial_evaluator(name, options)
+    if options["type"] in ("zero_shot", "adversarial"):
       if options["templates"] not in ("clip80", "single"):
         raise ValueError(f"evals.{name}.templates={options['templates']!r}; allowed: "
                          "clip80, single.")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub.file_download import repo_folder_name
 
 
 def check_name(name_or_path, field: str) -> str:
@@ -32,6 +33,14 @@ def is_local(name_or_path: str) -> bool:
   return os.path.isdir(name_or_path)
 
 
+def _in_cache(repo_id: str) -> bool:
+  """Whether huggingface_hub's cache (HF_HUB_CACHE, default HF_HOME/hub) holds any
+  snapshot of this model repo."""
+  folder = os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id,
+                                                                 repo_type="model"))
+  return os.path.isdir(os.path.join(folder, "snapshots"))
+
+
 def find_file(name_or_path: str, filename: str) -> str | None:
   """The local path of `filename` in a directory or hub repo (downloaded if needed and
   allowed), or None when the checkpoint does not have that file."""
@@ -40,17 +49,21 @@ def find_file(name_or_path: str, filename: str) -> str | None:
     return path if os.path.isfile(path) else None
   try:
     return hf_hub_download(name_or_path, filename)
-  except EntryNotFoundError:
-    return None
-  except LocalEntryNotFoundError as e:
-    # Offline (HF_HUB_OFFLINE=1 or no network) and not in the local cache. The file may
-    # simply not exist in the repo; only the caller knows whether it is required.
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+  except LocalEntryNotFoundError as e:  # A subclass of EntryNotFoundError: caught first.
+    # Offline (HF_HUB_OFFLINE=1) or no network, and the file is not in the local cache.
+    if _in_cache(name_or_path):
+      # The repo is cached, so the file may simply not exist in it (open_clip_config.json
+      # in a transformers repo); only the caller knows whether it is required.
       return None
+    # Not cached at all: say so here, not "no config found" in the caller.
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     raise FileNotFoundError(
-        f"cannot reach the Hugging Face hub for {name_or_path!r} ({filename}) and it is not "
-        "in the local cache: download it where there is a network (huggingface-cli download "
-        f"{name_or_path}) or give a local directory.") from e
+        f"{name_or_path!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"and {'HF_HUB_OFFLINE=1' if offline else 'the hub cannot be reached'}: download it "
+        f"where there is a network (hf download {name_or_path}) into that cache, or give a "
+        "local directory.") from e
+  except EntryNotFoundError:  # The repo has no such file.
+    return None
 
 
 def require_file(name_or_path: str, candidates: tuple[str, ...], what: str) -> str:

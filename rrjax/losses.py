@@ -28,20 +28,24 @@ def _without_diagonal(logits: jax.Array) -> jax.Array:
   return jnp.where(jnp.eye(logits.shape[0], dtype=bool), -jnp.inf, logits)
 
 
+# Each returns the loss of every anchor: `[N]`, or `[2N]` for nt_xent (teacher anchors,
+# then student anchors); the loss is their mean.
+
+
 def _student_teacher(s, t, tau):
   logits = s @ t.T / tau
-  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
+  return jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
 
 
 def _student_student(s, t, tau):
   positives = jnp.sum(s * t, axis=1) / tau
-  return jnp.mean(jax.nn.logsumexp(_without_diagonal(s @ s.T / tau), axis=1) - positives)
+  return jax.nn.logsumexp(_without_diagonal(s @ s.T / tau), axis=1) - positives
 
 
 def _student_both(s, t, tau):
   positives = jnp.sum(s * t, axis=1) / tau
   negatives = jnp.concatenate([_without_diagonal(s @ s.T / tau), s @ t.T / tau], axis=1)
-  return jnp.mean(jax.nn.logsumexp(negatives, axis=1) - positives)
+  return jax.nn.logsumexp(negatives, axis=1) - positives
 
 
 def _nt_xent(s, t, tau):
@@ -51,12 +55,12 @@ def _nt_xent(s, t, tau):
   # The positive of anchor a is the other view of the same image: a + N or a - N.
   partner = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
   positives = jnp.take_along_axis(logits, partner[:, None], axis=1)[:, 0]
-  return jnp.mean(jax.nn.logsumexp(_without_diagonal(logits), axis=1) - positives)
+  return jax.nn.logsumexp(_without_diagonal(logits), axis=1) - positives
 
 
 def _mse(s, t, tau):
   del tau  # Not a contrastive loss: no temperature.
-  return jnp.mean(jnp.sum(jnp.square(s - t), axis=1))
+  return jnp.sum(jnp.square(s - t), axis=1)
 
 
 _LOSSES = {
@@ -76,6 +80,16 @@ def check_loss_config(kind: str, temperature: float) -> None:
     raise ValueError(f"loss.temperature={temperature!r} must be > 0 (the paper uses 0.1).")
 
 
+def _anchor_losses(student, teacher, kind, temperature) -> jax.Array:
+  check_loss_config(kind, temperature)
+  if student.shape != teacher.shape or student.ndim != 2:
+    raise ValueError(f"student {student.shape} and teacher {teacher.shape} embeddings must "
+                     "both be [N, D] with the same shape.")
+  s = l2_normalize(student)
+  t = jax.lax.stop_gradient(l2_normalize(teacher))
+  return _LOSSES[kind](s, t, jnp.float32(temperature))
+
+
 def contrastive_loss(student: jax.Array, teacher: jax.Array, *,
                      kind: str = "student_teacher", temperature: float = 0.1) -> jax.Array:
   """The SPEC §2 loss `kind` of student embeddings against fixed teacher targets.
@@ -89,10 +103,21 @@ def contrastive_loss(student: jax.Array, teacher: jax.Array, *,
   Returns:
     A float32 scalar: the mean over the N (2N for `nt_xent`) anchors.
   """
-  check_loss_config(kind, temperature)
-  if student.shape != teacher.shape or student.ndim != 2:
-    raise ValueError(f"student {student.shape} and teacher {teacher.shape} embeddings must "
-                     "both be [N, D] with the same shape.")
-  s = l2_normalize(student)
-  t = jax.lax.stop_gradient(l2_normalize(teacher))
-  return _LOSSES[kind](s, t, jnp.float32(temperature))
+  return jnp.mean(_anchor_losses(student, teacher, kind, temperature))
+
+
+def per_example_loss(student: jax.Array, teacher: jax.Array, *,
+                     kind: str = "student_teacher", temperature: float = 0.1) -> jax.Array:
+  """The loss `kind` split over the examples: `[N]` float32 whose mean is
+  `contrastive_loss` (nt_xent: the mean of example i's two anchors, its teacher and its
+  student embedding). What an attack maximises per image (`rrjax.adversarial.pgd`).
+
+  Example i's value depends on the other examples' embeddings too where they are its
+  negatives (student_student, student_both, nt_xent): attacking the sum then perturbs
+  every image also to make it a harder negative for the others, which is what
+  maximising the batch's loss means.
+  """
+  anchors = _anchor_losses(student, teacher, kind, temperature)
+  if kind == "nt_xent":
+    return jnp.mean(anchors.reshape(2, -1), axis=0)
+  return anchors

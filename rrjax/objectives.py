@@ -13,6 +13,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rrjax import losses
@@ -49,13 +50,26 @@ def student_loss(model: nn.Module, operator, *, kind: str, temperature: float,
                  online_teacher: Callable | None = None):
   """SPEC §2 loss of S(A(x)) against R(x). Teacher targets come from the batch (cache) or,
   with `online_teacher(params, images_uint8)`, from the teacher run in the step on the
-  clean crop (`frozen` then holds the teacher's parameters)."""
+  clean crop (`frozen` then holds the teacher's parameters).
+
+  An adversarial operator (`operators`, kind "pgd") gets the per-image loss it maximises:
+  the current student in inference mode (BatchNorm statistics fixed, so each image's
+  loss is its own) against the same targets, in float32, with its parameters held
+  constant, so the gradient of the step is that of the loss at the attacked images
+  (Danskin), not through the attack."""
 
   def loss_fn(params, model_state, batch, key, frozen):
-    corrupted = operator(key, to_unit_range(batch["image"]))
     targets = batch["target"] if online_teacher is None else online_teacher(frozen, batch["image"])
-    embeddings, _, new_state = apply_model(model, {"params": params, **model_state},
-                                           corrupted, train=True)
+    variables = {"params": params, **model_state}
+    fixed_variables = jax.lax.stop_gradient(variables)
+
+    def attack_loss(images, loss):
+      attacked, _, _ = apply_model(model, fixed_variables, images, train=False)
+      return losses.per_example_loss(attacked, targets, kind="mse" if loss == "mse" else kind,
+                                     temperature=temperature)
+
+    corrupted = operator(key, to_unit_range(batch["image"]), attack_loss)
+    embeddings, _, new_state = apply_model(model, variables, corrupted, train=True)
     loss = losses.contrastive_loss(embeddings, targets, kind=kind, temperature=temperature)
     cosine = jnp.mean(jnp.sum(losses.l2_normalize(embeddings) * losses.l2_normalize(targets), -1))
     return loss, (new_state, {"cosine": cosine})
@@ -75,9 +89,37 @@ def pre_logits_features(model: nn.Module) -> FeatureFn:
                                                          train=False)[1]["pre_logits"]
 
 
-def teacher_features(teacher_apply: Callable) -> FeatureFn:
-  """The teacher's embeddings of corrupted images, R(A(x)) (SPEC E11)."""
-  return lambda params, corrupted, batch: teacher_apply(params, to_uint8(corrupted))
+def teacher_features(teacher) -> tuple[FeatureFn, object]:
+  """The teacher's embeddings of corrupted images, R(A(x)) (SPEC E11), as
+  `(features_fn, frozen_variables)`.
+
+  A teacher with `params` and a pure `apply` (CLIP, jittable plug-ins) runs inside the
+  jitted function on its params. A plug-in with only `embed` (`rrjax.teachers.plugin`) is
+  called on the host with numpy uint8 images and returns [B, dim] (cast to float32);
+  its variables are None.
+  """
+  if hasattr(teacher, "params") and callable(getattr(teacher, "apply", None)):
+    apply = teacher.apply
+    return (lambda params, corrupted, batch: apply(params, to_uint8(corrupted))), teacher.params
+  embed, dim = teacher.embed, teacher.dim
+
+  def host_embed(images):
+    # The callback receives jax Arrays; plug-ins get numpy, as the cache builder gives them.
+    return np.asarray(embed(np.asarray(images)), np.float32)
+
+  def features(variables, corrupted, batch):
+    del variables, batch
+    images = to_uint8(corrupted)
+    # `embed` is host code (numpy, torch, ...) that jit cannot trace, so it runs on the host
+    # through a callback: each batch goes to the host and its embeddings come back, with a
+    # sync, and nothing can be differentiated through it. That is fine for frozen
+    # features, which probes and evaluations only read. "sequential": under vmap, `embed`
+    # sees one batch at a time, never a stack of them.
+    return jax.pure_callback(host_embed, jax.ShapeDtypeStruct((images.shape[0], dim),
+                                                              jnp.float32),
+                             images, vmap_method="sequential")
+
+  return features, None
 
 
 def cached_clean_teacher_features(variables, corrupted, batch) -> jax.Array:

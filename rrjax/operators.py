@@ -22,9 +22,34 @@ Operators are pure and jittable, and preserve shape and dtype. Kinds and fields:
                               projection onto block-constant images, antialiased and
                               idempotent)
   compose(ops)                the listed operator specs applied in order
+  choice(ops, weights=None)   ONE of the listed operator specs per image: ops[j] with
+                              probability weights[j] / sum(weights) (None: uniform), a
+                              mixture whose corruption type the model is not told; nest
+                              choices for random levels of kinds without ranges (e.g.
+                              imagenet_c severities 1..5). Under jit every entry is
+                              computed for every image and the drawn one kept
+                              (jax.lax.switch under vmap), so it costs the sum of its
+                              entries. No attacks (pgd) inside: they need the batch
   imagenet_c(corruption,      an ImageNet-C corruption at severity 1..5, as Hendrycks &
     severity)                 Dietterich's code (imagecorruptions 1.1.2); the 19 names
                               and how each matches it: rrjax/imagenet_c.py
+  pgd(eps, steps=10,          adversarial: projected gradient ascent (`rrjax.adversarial.
+    step_size=2.5*eps/steps,  pgd`, random start, `steps` steps of `step_size`) within
+    norm="linf", loss="mse")  ||delta|| <= eps (norm "linf" or "l2") that MAXIMISES the
+                              student's per-example loss against its cached teacher
+                              target, clipped to [0, 1]; steps=0 is the random start
+                              alone. loss "mse": FARE's (Schlarmann et al. 2024) squared
+                              distance to the teacher target (of L2-normalised embeddings,
+                              like loss.kind="mse"), "train": the run's own loss.kind
+
+Adversarial kinds need the model they attack, so they run only where a loss is being
+trained: `op(rng, images, loss_fn)` with `loss_fn(images, loss) -> [B]` float32 losses
+per image (`loss` is the spec's field, "mse" or "train"), which
+`rrjax.objectives.student_loss` passes (the current student in inference mode, no
+gradient through the attack). Called without `loss_fn` (probe and baseline stages,
+evaluation test operators) they raise ValueError naming the field; natural kinds ignore
+`loss_fn`. In compose, an attack acts on the output of the stages before it
+(compose(mask, pgd): mask, then attack the masked image).
 
 A level (`p`, `sigma`, block `size`) is a number, used for every image, or a pair
 (low, high) with low <= high: each image then draws its own level uniformly from
@@ -36,6 +61,10 @@ Randomness is independent per image and fully determined by the batch key, laid 
   keys = jax.random.split(rng, B)                     # image i uses keys[i]
   level_key, sample_key = jax.random.split(keys[i])   # its level, then its own draws
   compose: stage j is called with jax.random.split(rng, len(ops))[j]
+  choice:  u = jax.random.uniform(level_key) picks ops[j], j = the number of bounds <= u
+           among float32(cumsum(w)[:-1] / cumsum(w)[-1]) (w: the weights, or all ones),
+           applied to that image alone with its sample key: ops[j](sample_key,
+           image[None])[0]
 """
 
 from __future__ import annotations
@@ -48,9 +77,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rrjax import imagenet_c
+from rrjax import adversarial, imagenet_c
 
-Operator = Callable[[jax.Array, jax.Array], jax.Array]
+# op(rng, images, loss_fn=None) -> images; only adversarial kinds use loss_fn.
+Operator = Callable[..., jax.Array]
 Level = float | tuple[float, float]
 
 # The 8 fixed settings of the paper (Table 1, SPEC §6 E1). Plain dicts so that configs
@@ -136,6 +166,46 @@ def _parse_ops(where: str, value) -> tuple[dict[str, Any], ...]:
       f"operator field {where!r} must be a non-empty list of operator specs; got {value!r}.")
 
 
+def _parse_weights(where: str, value) -> tuple[float, ...] | None:
+  if value is None:
+    return None
+  if (isinstance(value, Sequence) and not isinstance(value, str) and value
+      and all(_is_number(w) and 0 <= w < math.inf for w in value) and sum(value) > 0):
+    return tuple(float(w) for w in value)
+  raise ValueError(
+      f"operator field {where!r} must be None (uniform) or a list of finite numbers >= 0 "
+      f"with a positive sum, one per entry of ops; got {value!r}.")
+
+
+def _parse_positive(where: str, value) -> float:
+  if _is_number(value) and value > 0:
+    return float(value)
+  raise ValueError(f"operator field {where!r} must be a number > 0; got {value!r}.")
+
+
+def _parse_optional_positive(where: str, value) -> float | None:
+  return None if value is None else _parse_positive(where, value)
+
+
+def _parse_steps(where: str, value) -> int:
+  if _is_integer(value) and value >= 0:
+    return int(value)
+  raise ValueError(f"operator field {where!r} must be an integer >= 0 (the number of attack "
+                   f"steps; 0: the random start alone); got {value!r}.")
+
+
+def _choice_parser(choices: Sequence[str]):
+  def parse(where: str, value) -> str:
+    if value in choices:
+      return value
+    raise ValueError(f"operator field {where!r} must be one of {list(choices)}; got {value!r}.")
+
+  return parse
+
+
+ATTACK_LOSSES = ("mse", "train")
+ADVERSARIAL_KINDS = ("pgd",)
+
 _REQUIRED = object()
 
 # kind -> {field: (parser, default)}; _REQUIRED marks fields without a default.
@@ -148,8 +218,14 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "block_mask": {"size": (_level_parser(1, integer=True), _REQUIRED)},
     "downsample": {"factor": (_parse_factor, _REQUIRED)},
     "compose": {"ops": (_parse_ops, _REQUIRED)},
+    "choice": {"ops": (_parse_ops, _REQUIRED), "weights": (_parse_weights, None)},
     "imagenet_c": {"corruption": (imagenet_c.parse_corruption, _REQUIRED),
                    "severity": (imagenet_c.parse_severity, _REQUIRED)},
+    # step_size None: 2.5 * eps / steps (Madry et al.'s rule; FARE's 1/255 at eps 4/255).
+    "pgd": {"eps": (_parse_positive, _REQUIRED), "steps": (_parse_steps, 10),
+            "step_size": (_parse_optional_positive, None),
+            "norm": (_choice_parser(adversarial.NORMS), "linf"),
+            "loss": (_choice_parser(ATTACK_LOSSES), "mse")},
 }
 
 
@@ -181,7 +257,31 @@ def _parse(spec, where: str = "operator") -> dict[str, Any]:
           f"{sorted(fields)}).")
     else:
       parsed[name] = default
+  if kind == "choice":
+    _check_choice(parsed, where)
   return parsed
+
+
+def _check_choice(parsed: dict[str, Any], where: str) -> None:
+  """What the choice's fields cannot check alone: one weight per operator, no attacks."""
+  ops, weights = parsed["ops"], parsed["weights"]
+  if weights is not None and len(weights) != len(ops):
+    raise ValueError(
+        f"operator field '{where}.weights' must hold one weight per entry of '{where}.ops' "
+        f"({len(ops)}); got {len(weights)}.")
+
+  def attacks(stage, at):
+    if stage["kind"] in ("compose", "choice"):
+      return [f for i, s in enumerate(stage["ops"]) for f in attacks(s, f"{at}.ops[{i}]")]
+    return [at] if stage["kind"] in ADVERSARIAL_KINDS else []
+
+  found = [f for i, stage in enumerate(ops) for f in attacks(stage, f"{where}.ops[{i}]")]
+  if found:
+    # Each image is corrupted alone, but an attack needs the whole batch's loss.
+    raise ValueError(
+        f"operator field '{found[0]}.kind' is an attack (kind 'pgd'), which a choice cannot "
+        "hold: it draws an operator per image, and attacks need the batch's training loss. "
+        "Attack after the choice instead: {'kind': 'compose', 'ops': [choice, pgd]}.")
 
 
 # --------------------------------------------------------------------------- operators
@@ -363,17 +463,59 @@ def _downsample(factor: int) -> Operator:
   return op
 
 
-def _compose(ops: Sequence[Operator]) -> Operator:
+def _pgd(eps: float, steps: int, step_size: float | None, norm: str, loss: str,
+         where: str) -> Operator:
+  step = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
 
-  def op(rng, images):
-    for stage_key, stage in zip(jax.random.split(rng, len(ops)), ops):
-      images = stage(stage_key, images)
-    return images
+  def op(rng, images, loss_fn=None):
+    _check_images(images)
+    if loss_fn is None:
+      raise ValueError(
+          f"operator field '{where}.kind' is 'pgd', an attack on the student's training "
+          "loss: it runs only inside the student stage, which passes it the student. Where "
+          "no model is trained (the probe and baseline stages, eval.operators, tools) use "
+          "natural operators, e.g. eval.operators=({'kind': 'identity'},); fit probes in a "
+          "second run with student.restore_from (configs/adversarial.py:student=WORKDIR).")
+    attacked = adversarial.pgd(lambda x: loss_fn(x, loss), images.astype(jnp.float32), rng,
+                               eps=eps, steps=steps, step_size=step, norm=norm)
+    return attacked.astype(images.dtype)
 
+  op.adversarial = True
   return op
 
 
-def _build_parsed(parsed: dict[str, Any]) -> Operator:
+def _is_adversarial_op(op) -> bool:
+  return getattr(op, "adversarial", False)
+
+
+def _compose(ops: Sequence[Operator]) -> Operator:
+
+  def op(rng, images, loss_fn=None):
+    for stage_key, stage in zip(jax.random.split(rng, len(ops)), ops):
+      images = (stage(stage_key, images, loss_fn) if _is_adversarial_op(stage)
+                else stage(stage_key, images))
+    return images
+
+  op.adversarial = any(_is_adversarial_op(stage) for stage in ops)
+  return op
+
+
+def _choice(ops: Sequence[Operator], weights: Sequence[float] | None) -> Operator:
+  partial_sums = np.cumsum(np.ones(len(ops)) if weights is None else weights)
+  # Divided by their own last entry, the sums after the last positive weight are exactly
+  # 1, which the uniform u < 1 never reaches: zero-weight operators are never drawn.
+  bounds = jnp.asarray(partial_sums[:-1] / partial_sums[-1], jnp.float32)
+  branches = [lambda key, image, stage=stage: stage(key, image[None])[0] for stage in ops]
+
+  def apply_one(level_key, sample_key, image):
+    index = jnp.sum(jax.random.uniform(level_key) >= bounds)
+    # Under the batch's vmap the switch becomes a select: every branch runs on every image.
+    return jax.lax.switch(index, branches, sample_key, image)
+
+  return _per_image(apply_one)
+
+
+def _build_parsed(parsed: dict[str, Any], where: str = "operator") -> Operator:
   kind = parsed["kind"]
   if kind == "identity":
     return _identity
@@ -389,35 +531,112 @@ def _build_parsed(parsed: dict[str, Any]) -> Operator:
     return _downsample(parsed["factor"])
   if kind == "imagenet_c":
     return imagenet_c.corruption(parsed["corruption"], parsed["severity"])
-  return _compose([_build_parsed(stage) for stage in parsed["ops"]])
+  if kind == "pgd":
+    return _pgd(parsed["eps"], parsed["steps"], parsed["step_size"], parsed["norm"],
+                parsed["loss"], where)
+  if kind == "choice":
+    return _choice([_build_parsed(stage, f"{where}.ops[{i}]")
+                    for i, stage in enumerate(parsed["ops"])], parsed["weights"])
+  return _compose([_build_parsed(stage, f"{where}.ops[{i}]")
+                   for i, stage in enumerate(parsed["ops"])])
 
 
 # --------------------------------------------------------------------------- public API
 
 
 def build(spec) -> Operator:
-  """Returns `op(rng, images) -> images` for a spec (dict or ConfigDict; see module doc).
+  """Returns `op(rng, images, loss_fn=None) -> images` for a spec (dict or ConfigDict;
+  see module doc; only adversarial kinds use `loss_fn`).
 
   Raises ValueError naming the bad field and its allowed values, before any tracing.
-  Image-dependent checks (downsample divisibility, block size) raise ValueError when the
-  operator first sees an image shape.
+  Image-dependent checks (downsample divisibility, block size) and an adversarial kind
+  called without `loss_fn` raise ValueError when the operator first sees an image shape.
   """
-  return _build_parsed(_parse(spec))
+  op = _build_parsed(_parse(spec))
+  if _is_adversarial_op(op):
+    return op
+  return lambda rng, images, loss_fn=None: op(rng, images)
+
+
+def adversarial_fields(spec) -> list[str]:
+  """The field paths of the spec's adversarial stages ("operator", "operator.ops[1]"):
+  empty for an operator that needs no model."""
+
+  def walk(parsed, where):
+    if parsed["kind"] == "compose":
+      return [field for i, stage in enumerate(parsed["ops"])
+              for field in walk(stage, f"{where}.ops[{i}]")]
+    return [where] if parsed["kind"] in ADVERSARIAL_KINDS else []
+
+  return walk(_parse(spec), "operator")
 
 
 _SHORT_NAMES = {"kernel_size": "k"}
 
 
 def _describe_value(value) -> str:
+  if isinstance(value, str):
+    return f"={value}"
   if isinstance(value, tuple):
     return f"~U({value[0]:g},{value[1]:g})"
   return f"={value:g}"
+
+
+def _describe_budget(value: float, norm: str) -> str:
+  """linf budgets below 1 that are multiples of 1/255 as papers state them ("4/255"),
+  others as they are."""
+  if norm == "linf" and value < 1 and abs(value * 255 - round(value * 255)) < 1e-6:
+    return f"{round(value * 255)}/255"
+  return f"{value:g}"
+
+
+def _describe_pgd(parsed: dict[str, Any]) -> str:
+  norm = parsed["norm"]
+  words = ["pgd", norm, f"eps={_describe_budget(parsed['eps'], norm)}",
+           f"steps={parsed['steps']}"]
+  if parsed["step_size"] is not None:
+    words.append(f"step={_describe_budget(parsed['step_size'], norm)}")
+  if parsed["loss"] != "mse":
+    words.append(f"loss={parsed['loss']}")
+  return " ".join(words)
+
+
+def _varying_level(ops: Sequence[dict[str, Any]]) -> str | None:
+  """The one field, numeric in every spec, in which specs of one kind differ, else None."""
+  first = ops[0]
+  if len(ops) < 2 or any(set(op) != set(first) or op["kind"] != first["kind"] for op in ops):
+    return None
+  varying = [name for name in first if any(op[name] != first[name] for op in ops)]
+  if len(varying) == 1 and all(_is_number(op[varying[0]]) for op in ops):
+    return varying[0]
+  return None
+
+
+def _describe_choice(parsed: dict[str, Any]) -> str:
+  """"choice(mask p=0.5 | noise sigma=0.3)", "choice(0.75: mask p=0.5 | 0.25: noise
+  sigma=0.3)" (non-uniform weights, normalised), and a uniform choice among levels of one
+  operator as "imagenet_c corruption=fog severity~{1,2,3,4,5}"."""
+  ops, weights = parsed["ops"], parsed["weights"]
+  uniform = weights is None or len(set(weights)) == 1
+  field = _varying_level(ops) if uniform else None
+  if field:
+    rest = {name: value for name, value in ops[0].items() if name != field}
+    levels = ",".join(f"{op[field]:g}" for op in ops)
+    return f"{_describe_parsed(rest)} {_SHORT_NAMES.get(field, field)}~{{{levels}}}"
+  labels = [_describe_parsed(op) for op in ops]
+  if not uniform:
+    labels = [f"{w / sum(weights):.3g}: {label}" for w, label in zip(weights, labels)]
+  return f"choice({' | '.join(labels)})"
 
 
 def _describe_parsed(parsed: dict[str, Any]) -> str:
   kind = parsed["kind"]
   if kind == "compose":
     return " + ".join(_describe_parsed(stage) for stage in parsed["ops"])
+  if kind == "pgd":
+    return _describe_pgd(parsed)
+  if kind == "choice":
+    return _describe_choice(parsed)
   words = [kind]
   for name, value in parsed.items():
     if name == "kind":
@@ -436,7 +655,7 @@ def describe(spec) -> str:
 
 # Each kind's severity field: what `eval.levels` sets and severity plots put on the x axis.
 SEVERITY_FIELDS = {"mask": "p", "noise": "sigma", "blur": "sigma", "block_mask": "size",
-                   "downsample": "factor"}
+                   "downsample": "factor", "imagenet_c": "severity", "pgd": "eps"}
 
 
 def severity(spec) -> float | None:

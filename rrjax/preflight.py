@@ -157,7 +157,7 @@ def _check_teacher(teacher_cfg) -> int | None:
     if _offline():
       raise PreflightError(
           f"teacher.name={name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: "
-          f"download it where there is a network (huggingface-cli download {name}), or set "
+          f"download it where there is a network (hf download {name}), or set "
           "teacher.name to a local checkpoint directory.")
     _check_hub_reachable(name)
     return None  # Its config is small: the run downloads it first thing.
@@ -182,7 +182,7 @@ def _check_hub_reachable(name: str) -> None:
     raise PreflightError(
         f"teacher.name={name!r} is not in the local Hugging Face cache and the hub cannot "
         f"provide it ({type(e).__name__}: {str(e).splitlines()[0][:200]}); check the name "
-        f"and the network, download it elsewhere (huggingface-cli download {name}), or set "
+        f"and the network, download it elsewhere (hf download {name}), or set "
         "teacher.name to a local checkpoint directory.") from e
 
 

@@ -311,3 +311,31 @@ def test_prepare_shorter_side_shrinks_large_images_and_names_itself(tmp_path):
   assert plain.preparation == {"shorter_side": 0, "quality": None}
   with pytest.raises(ValueError, match="--shorter_side"):
     prepare.write_records(folder_source, str(tmp_path / "bad"), "train", shorter_side=-1)
+
+
+def test_default_wnids_on_a_folder_of_other_classes_says_how_to_use_them(folder):
+  """data.wnids defaults to "imagenet100"; a folder of other classes gets the fix, not a
+  list of 100 missing wnids, and works with data.wnids=''."""
+  with pytest.raises(ValueError) as error:
+    sources.build_source(_data_cfg(source="folder", root=folder), "train")
+  message = str(error.value)
+  assert "data.wnids='imagenet100'" in message and "not wnids" in message
+  assert "class_000, class_001, class_002" in message
+  assert "--config.data.wnids=''" in message and "missing" not in message
+  source = sources.build_source(_data_cfg(source="folder", root=folder, wnids=""), "train")
+  assert source.num_classes == NUM_CLASSES
+
+
+def test_imagenet_folder_missing_classes_names_the_first_missing(tmp_path):
+  """A folder of wnid directories that lacks some of data.wnids: an ImageNet folder with
+  classes missing, named, in wnid order."""
+  wnids = sources.load_wnids("imagenet100")
+  present = sorted(wnids)[3:]
+  root = synthetic.make_image_folder(str(tmp_path), num_classes=len(present), per_class=1,
+                                     size=4, splits=("train",), class_names=present,
+                                     image_format="png")
+  with pytest.raises(FileNotFoundError) as error:
+    sources.build_source(_data_cfg(source="folder", root=root), "train")
+  message = str(error.value)
+  assert "3 of the 100 class directories" in message and "data.wnids" in message
+  assert str(sorted(wnids)[:3]) in message and "--config.data.wnids=''" not in message

@@ -170,7 +170,7 @@ def test_preflight_checks_data_before_the_teacher_and_dry_run_only_plans(env, tm
   done = subprocess.run(_command(tmp_path / "run", "--config.teacher.name=rrjax-test/absent",
                                  "--dry_run"), env=dict(env, HF_HUB_OFFLINE="1"),
                         capture_output=True, text=True, cwd=REPO)
-  assert done.returncode == 2 and "huggingface-cli download rrjax-test/absent" in done.stderr
+  assert done.returncode == 2 and "hf download rrjax-test/absent" in done.stderr
   done = subprocess.run(_command(tmp_path / "plan", "--dry_run"), env=env,
                         capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-2000:]

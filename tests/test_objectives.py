@@ -2,14 +2,16 @@
 metric writer's files."""
 
 import json
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from rrjax import objectives, operators, writers
+from rrjax import evaluate, objectives, operators, sharding, writers
 
 
 class TinyNet(nn.Module):
@@ -123,3 +125,70 @@ def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
   assert [(r["step"], r["student/loss"]) for r in records] == [(3, 1.5), (4, 1.25)]
   assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
   writers.MetricWriter(None).write_scalars(0, {"x": 1.0})  # Inactive: writes nothing.
+
+
+class EmbedOnlyTeacher:
+  """A plug-in teacher with `embed` only (no params/apply), in numpy with float64 output,
+  as `rrjax.teachers.plugin` allows for a cached teacher."""
+  image_size, dim, fingerprint = 4, 5, "embed-only"
+
+  def __init__(self):
+    self.projection = np.random.default_rng(0).normal(size=(3, self.dim))
+
+  def embed(self, images):
+    assert isinstance(images, np.ndarray) and images.dtype == np.uint8
+    return images.mean(axis=(1, 2)) @ self.projection
+
+
+def _context(teacher, probe_features, stages=("cache", "probe", "eval")):
+  from rrjax import config as config_lib
+  config = config_lib.base_config()
+  config.probe.features, config.stages = probe_features, stages
+  return SimpleNamespace(config=config, teacher=teacher)
+
+
+def test_embed_only_plugin_teacher_features_under_jit():
+  """probe.features='teacher' (SPEC E11) and the clean-teacher probe evaluated without a
+  student (E7) work with a plug-in that has only `embed`: its features, under jit and
+  inside the probe's gradient step, are `embed` of the corrupted images as uint8."""
+  from rrjax.evaluators import common
+  from rrjax.stages import probe as probe_stage
+  teacher = EmbedOnlyTeacher()
+  features_fn, variables = probe_stage.features(_context(teacher, "teacher"))
+  assert variables is None
+  same_fn, _ = common.probe_eval_features(_context(teacher, "clean_teacher"), "classification")
+  batch = _batch()
+  mask = operators.build({"kind": "mask", "p": 0.5})
+  corrupted = mask(jax.random.key(1), objectives.to_unit_range(batch["image"]))
+  expected = teacher.embed(np.asarray(objectives.to_uint8(corrupted)))
+  for fn in (features_fn, same_fn):
+    got = jax.jit(fn)(variables, corrupted, batch)
+    assert got.dtype == jnp.float32 and got.shape == (6, teacher.dim)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+  # The probe's loss and gradient: the head is trained on exactly these features.
+  head = objectives.linear_head(3).init(jax.random.key(2), jnp.zeros((1, teacher.dim)))["params"]
+  loss_fn = objectives.probe_loss(features_fn, mask, 3)
+  loss, grads = jax.jit(jax.value_and_grad(lambda h: loss_fn(h, {}, batch, jax.random.key(1),
+                                                             None)[0]))(head)
+  logits = objectives.probe_logits(head, jnp.asarray(expected, jnp.float32), 3)
+  np.testing.assert_allclose(loss, optax.softmax_cross_entropy_with_integer_labels(
+      logits, batch["label"]).mean(), rtol=1e-5)
+  assert np.all(np.isfinite(grads["kernel"])) and np.any(grads["kernel"] != 0)
+
+
+def test_embed_only_plugin_teacher_in_a_sharded_evaluation():
+  """In `collect_outputs` on 8 devices (batches sharded over the mesh), as evaluations run."""
+  teacher = EmbedOnlyTeacher()
+  features_fn, variables = objectives.teacher_features(teacher)
+  rng = np.random.default_rng(4)
+  images = rng.integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+  batches = [{"image": images[s:s + 8], "label": np.zeros(8, np.int32),
+              "id": np.arange(s, s + 8, dtype=np.int32), "valid": np.ones(8, bool)}
+             for s in (0, 8)]
+  outputs = evaluate.collect_outputs(
+      features_fn, variables, batches, mesh=sharding.make_mesh(jax.devices()),
+      key=jax.random.key(0), repeats=2, operator=operators.build({"kind": "identity"}))
+  assert outputs["outputs"].shape == (2, 16, teacher.dim)
+  for draw in outputs["outputs"]:
+    np.testing.assert_allclose(draw, teacher.embed(images), rtol=1e-5, atol=1e-5)

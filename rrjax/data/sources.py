@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 from typing import Any, Sequence
 
@@ -41,6 +42,9 @@ OUT_OF_CLASS_RELABEL = {
     "n02108915": "n02093428",  # French bulldog -> American Staffordshire terrier
 }
 
+# An ImageNet class id (WordNet noun synset): what ImageNet folders name their classes.
+WNID_PATTERN = re.compile(r"n\d{8}")
+
 RECORD_FORMAT = "rrjax.records/1"
 _RECORD_HEADER = struct.Struct("<qq")  # label, id; followed by the encoded image bytes.
 
@@ -61,6 +65,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
       return np.asarray(pil.convert("RGB"))
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...).
     raise views.decode_error(name, e) from e
+
+
+def _class_directories(split_dir: str) -> list[str]:
+  return sorted(d for d in os.listdir(split_dir)
+                if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d)))
 
 
 def _is_decodable(path: str) -> bool:
@@ -92,14 +101,14 @@ class ImageFolderSource:
       raise FileNotFoundError(f"split directory {split_dir!r} does not exist (found "
                               f"{found} under data.root={root!r}); check data.root and the "
                               "split names.")
-    on_disk = sorted(d for d in os.listdir(split_dir)
-                     if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d)))
+    on_disk = _class_directories(split_dir)
     if classes is None:
       classes = on_disk
     missing = sorted(set(classes) - set(on_disk))
     if missing:
-      raise FileNotFoundError(f"class directories {missing[:10]} ({len(missing)} missing) "
-                              f"not found in {split_dir!r}; check data.root and data.wnids.")
+      raise FileNotFoundError(f"{len(missing)} of the {len(classes)} class directories asked "
+                              f"for are not in {split_dir!r}, first {missing[:5]}; check "
+                              "data.root and data.wnids.")
     self.root, self.split = root, split
     self.class_names = list(classes)
     files, labels = [], []
@@ -369,6 +378,8 @@ def build_source(data_cfg, split: str):
   if out_of_class:
     wnids = list(OUT_OF_CLASS_RELABEL)
   if data_cfg.source == "folder":
+    if wnids is not None and not out_of_class:
+      _check_folder_has_wnids(data_cfg, split)
     source = ImageFolderSource(data_cfg.root, split, classes=wnids,
                                skip_corrupt=data_cfg.skip_corrupt,
                                num_threads=data_cfg.num_workers)
@@ -385,6 +396,22 @@ def build_source(data_cfg, split: str):
   else:
     raise ValueError(f"data.source={data_cfg.source!r} must be one of {SOURCES}.")
   return OutOfClassSource(source) if out_of_class else source
+
+
+def _check_folder_has_wnids(data_cfg, split: str) -> None:
+  """`data.wnids` (default "imagenet100") picks ImageNet classes by wnid; a folder whose
+  classes are not wnids at all (cats/, dogs/) is another data set, not an ImageNet folder
+  missing classes, so say that and how to use its own classes."""
+  split_dir = os.path.join(data_cfg.root, split)
+  if not os.path.isdir(split_dir):
+    return  # ImageFolderSource names the missing root or split.
+  on_disk = _class_directories(split_dir)
+  if on_disk and not any(WNID_PATTERN.fullmatch(d) for d in on_disk):
+    raise ValueError(f"data.wnids={data_cfg.wnids!r} selects ImageNet classes by wnid "
+                     f"(n01440764, ...), but the class directories of {split_dir!r} "
+                     f"({', '.join(on_disk[:3])}{', ...' if len(on_disk) > 3 else ''}) are "
+                     "not wnids. To use the folder's own classes, set "
+                     "--config.data.wnids=''.")
 
 
 def _check_index(i, n: int) -> int:

@@ -9,6 +9,8 @@ results.md. Types and their options (defaults in `rrjax.config.EVALUATORS`):
   zero_shot       text-tower zero-shot: student, teacher on corrupted and on clean images
   agreement       cosine / retrieval@1 of S(A(x)) against R(x), trained and initial student
   restoration     pixel-space restoration, then the probes (SPEC E7)
+  adversarial     clean and APGD robust accuracy of probes and zero-shot, student and
+                  teacher (E14)
 
 Every evaluator is one module with one entry point
 `evaluate(ctx, name, options) -> list[row]`; a new one is a module plus a line here and
@@ -18,7 +20,7 @@ its default options in `rrjax.config.EVALUATORS`.
 from __future__ import annotations
 
 from rrjax import config as config_lib
-from rrjax.evaluators import agreement, classification, restoration, zero_shot
+from rrjax.evaluators import adversarial, agreement, classification, restoration, zero_shot
 from rrjax.stages.context import Context
 
 TYPES = {
@@ -27,6 +29,7 @@ TYPES = {
     "zero_shot": zero_shot.evaluate,
     "agreement": agreement.evaluate,
     "restoration": restoration.evaluate,
+    "adversarial": adversarial.evaluate,
 }
 
 

@@ -42,7 +42,7 @@ def probe_eval_features(ctx: Context, needed_by: str) -> tuple[objectives.Featur
     return probe_stage.features(ctx)
   if student_stage.exists(ctx.config):
     return student_stage.features(ctx, needed_by)
-  return objectives.teacher_features(ctx.teacher.apply), ctx.teacher.params
+  return objectives.teacher_features(ctx.teacher)
 
 
 def probe_output(features_fn: objectives.FeatureFn, num_classes: int) -> Callable:

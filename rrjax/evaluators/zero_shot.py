@@ -34,21 +34,30 @@ def class_names(ctx: Context, options: dict) -> list[str]:
   return names
 
 
-def _scores(embed):
-  """Cosine logits (x100, CLIP's scale) of an image embedder against the text classifier."""
+def text_classifier(ctx: Context, name: str, options: dict):
+  """The text tower's classifier `[K, D]` for the class names and `templates` of
+  `options`, or None (logged) when the teacher has no text tower."""
+  if not hasattr(ctx.teacher, "embed_text"):
+    logging.warning("evals.%s: teacher %s has no text tower; zero-shot skipped.", name,
+                    ctx.config.teacher.name)
+    return None
+  return zero_shot.classifier(ctx.teacher.embed_text, class_names(ctx, options),
+                              zero_shot.templates(options["templates"]))
+
+
+def scores(embed):
+  """Cosine logits (x100, CLIP's scale) of an image embedder against the text classifier:
+  `(variables {"image", "text"}, corrupted, batch) -> [B, K]`."""
   return lambda v, corrupted, batch: 100 * losses.l2_normalize(
       embed(v["image"], corrupted, batch)) @ v["text"].T
 
 
 def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
-  if not hasattr(ctx.teacher, "embed_text"):
-    logging.warning("evals.%s: teacher %s has no text tower; zero-shot skipped.", name,
-                    ctx.config.teacher.name)
+  text = text_classifier(ctx, name, options)
+  if text is None:
     return []
-  text = zero_shot.classifier(ctx.teacher.embed_text, class_names(ctx, options),
-                              zero_shot.templates(options["templates"]))
-  teacher = (objectives.teacher_features(ctx.teacher.apply),
-             {"image": ctx.teacher.params, "text": text})
+  teacher_embed, teacher_variables = objectives.teacher_features(ctx.teacher)
+  teacher = (teacher_embed, {"image": teacher_variables, "text": text})
   models = [("zero_shot_teacher", *teacher)]
   if student_stage.exists(ctx.config):
     embed, variables = student_stage.features(ctx, name)
@@ -56,7 +65,7 @@ def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
   num_repeats = common.repeats(ctx, options)
 
   def row(method, embed, variables, spec, draws):
-    metrics = common.classify(ctx, _scores(embed), variables, spec, ctx.eval_source,
+    metrics = common.classify(ctx, scores(embed), variables, spec, ctx.eval_source,
                               num_repeats=draws)
     return results.row(evaluator=name, type=options["type"], method=method, spec=spec,
                        metrics=metrics, describe=operators.describe)

@@ -160,6 +160,6 @@ class Context:
       ids = np.arange(len(self.eval_source))
       return self.eval_cache.lookup(ids, np.zeros_like(ids))
     return evaluate.collect_outputs(
-        objectives.teacher_features(self.teacher.apply), self.teacher.params,
-        self.eval_batches(self.eval_source), mesh=self.mesh, key=self.key("agreement"),
+        *objectives.teacher_features(self.teacher), self.eval_batches(self.eval_source),
+        mesh=self.mesh, key=self.key("agreement"),
         repeats=1, operator=self.operator_for({"kind": "identity"}))["outputs"][0]

@@ -60,7 +60,7 @@ def features(ctx: Context) -> tuple[objectives.FeatureFn, Any]:
   if kind == "student":
     return student_stage.features(ctx, NAME)
   if kind == "teacher":
-    return objectives.teacher_features(ctx.teacher.apply), ctx.teacher.params
+    return objectives.teacher_features(ctx.teacher)
   if kind == "clean_teacher":
     return objectives.cached_clean_teacher_features, None
   if kind == "imagenet":
