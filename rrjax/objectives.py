@@ -46,6 +46,23 @@ def apply_model(model: nn.Module, variables, images01, *, train: bool):
   return outputs, aux, new_state
 
 
+def at_size(images01: jax.Array, size: int) -> jax.Array:
+  """Images [B,H,W,C] resized to size x size (bilinear, antialiased when shrinking), for
+  a teacher whose input size differs from the student's views; unchanged when equal."""
+  if images01.shape[1:3] == (size, size):
+    return images01
+  return jax.image.resize(images01, (images01.shape[0], size, size, images01.shape[3]),
+                          "linear", antialias=True)
+
+
+def teacher_on_uint8(teacher) -> Callable:
+  """`fn(params, images_uint8)`: the teacher's `apply` on views of any size (resized to
+  its own input size on device), e.g. the online teacher of a lower-resolution student."""
+  size = teacher.image_size
+  return lambda params, images: teacher.apply(
+      params, to_uint8(at_size(to_unit_range(images), size)))
+
+
 def student_loss(model: nn.Module, operator, *, kind: str, temperature: float,
                  online_teacher: Callable | None = None):
   """SPEC §2 loss of S(A(x)) against R(x). Teacher targets come from the batch (cache) or,
@@ -93,14 +110,17 @@ def teacher_features(teacher) -> tuple[FeatureFn, object]:
   """The teacher's embeddings of corrupted images, R(A(x)) (SPEC E11), as
   `(features_fn, frozen_variables)`.
 
+  Images are resized to the teacher's input size first when they differ (`at_size`).
   A teacher with `params` and a pure `apply` (CLIP, jittable plug-ins) runs inside the
   jitted function on its params. A plug-in with only `embed` (`rrjax.teachers.plugin`) is
   called on the host with numpy uint8 images and returns [B, dim] (cast to float32);
   its variables are None.
   """
+  size = teacher.image_size
   if hasattr(teacher, "params") and callable(getattr(teacher, "apply", None)):
     apply = teacher.apply
-    return (lambda params, corrupted, batch: apply(params, to_uint8(corrupted))), teacher.params
+    return (lambda params, corrupted, batch: apply(
+        params, to_uint8(at_size(corrupted, size)))), teacher.params
   embed, dim = teacher.embed, teacher.dim
 
   def host_embed(images):
@@ -109,7 +129,7 @@ def teacher_features(teacher) -> tuple[FeatureFn, object]:
 
   def features(variables, corrupted, batch):
     del variables, batch
-    images = to_uint8(corrupted)
+    images = to_uint8(at_size(corrupted, size))
     # `embed` is host code (numpy, torch, ...) that jit cannot trace, so it runs on the host
     # through a callback: each batch goes to the host and its embeddings come back, with a
     # sync, and nothing can be differentiated through it. That is fine for frozen

@@ -194,3 +194,17 @@ def test_synthetic_folder_corrupt_file_and_names(tmp_path):
   with pytest.raises(ValueError, match="class_names"):
     synthetic.make_image_folder(str(tmp_path), num_classes=3, per_class=1,
                                 class_names=["a"])
+
+
+def test_the_same_views_at_the_teachers_size():
+  """A student at 24 px and its teacher at 32 px see the same crops: training boxes do
+  not depend on the size, and the evaluation view keeps its field of view."""
+  student = views.ViewSpec(size=24, resize_size=28)
+  teacher = student.at_size(32)
+  assert (teacher.size, teacher.resize_size) == (32, 37) and student.at_size(24) is student
+  for v in (1, 2, 3):
+    a = student.params(61, 83, seed=1, example_id=5, view_index=v)
+    b = teacher.params(61, 83, seed=1, example_id=5, view_index=v)
+    assert (a.box, a.flip) == (b.box, b.flip)
+  a, b = (s.params(61, 83, seed=1, example_id=5, view_index=0) for s in (student, teacher))
+  assert abs(a.box[2] / a.resize_hw[0] - b.box[2] / b.resize_hw[0]) < 0.05

@@ -213,3 +213,16 @@ def test_smoke_assets_are_reused(env):
   first = smoke.assets()
   assert smoke.assets() == first
   assert os.path.isdir(os.path.join(first["data"], "train"))
+
+
+def test_student_trains_at_a_lower_resolution_than_its_teacher(env, tmp_path):
+  """24 px student views, a 32 px teacher: the cache holds the teacher's embeddings of the
+  same views cut at 32 px, and the student trains on its own."""
+  config = _smoke_config(stages=("cache", "student"), num_epochs=1,
+                         **{"data.image_size": 24, "data.resize_size": 28,
+                            "student.model": "resnet18", "student.init": "random",
+                            "student.width": 8})
+  summaries = stages.run_stages(config, str(tmp_path))
+  assert summaries["student"]["summary"]["final_metrics"]["loss"] > 0
+  metadata = json.loads(next((tmp_path / "teacher_cache").rglob("cache.json")).read_text())
+  assert metadata["fingerprint"]["preprocessing.size"] == 32

@@ -192,3 +192,27 @@ def test_embed_only_plugin_teacher_in_a_sharded_evaluation():
   assert outputs["outputs"].shape == (2, 16, teacher.dim)
   for draw in outputs["outputs"]:
     np.testing.assert_allclose(draw, teacher.embed(images), rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_features_resize_views_to_the_teachers_size():
+  """A student trained at a lower resolution: the teacher sees its views resized on
+  device to its own input size (antialiased bilinear, jax.image.resize)."""
+  class Linear:
+    image_size, dim = 8, 3
+    params = np.arange(8 * 8 * 3 * 3, dtype=np.float32).reshape(192, 3) / 1e3
+
+    def apply(self, params, images):
+      return images.reshape(images.shape[0], -1).astype(jnp.float32) @ params
+
+  teacher = Linear()
+  images01 = np.random.default_rng(0).random((2, 6, 6, 3)).astype(np.float32)
+  features_fn, variables = objectives.teacher_features(teacher)
+  resized = jax.image.resize(images01, (2, 8, 8, 3), "linear", antialias=True)
+  expected = teacher.apply(teacher.params, objectives.to_uint8(resized))
+  np.testing.assert_allclose(jax.jit(features_fn)(variables, images01, {}), expected, rtol=1e-6)
+  uint8 = objectives.to_uint8(images01)
+  np.testing.assert_allclose(
+      objectives.teacher_on_uint8(teacher)(teacher.params, uint8),
+      teacher.apply(teacher.params, objectives.to_uint8(jax.image.resize(
+          objectives.to_unit_range(uint8), (2, 8, 8, 3), "linear", antialias=True))),
+      rtol=1e-6)

@@ -159,7 +159,8 @@ def models(ctx: Context, name: str, options: dict) -> list[Model]:
   if text is not None and "zero_shot_teacher" in methods:
     teacher = ctx.teacher
     if hasattr(teacher, "params") and callable(getattr(teacher, "apply", None)):
-      embed = lambda params, images01, batch: teacher.apply(params, images01 * 255.0)
+      embed = lambda params, images01, batch: teacher.apply(
+          params, objectives.at_size(images01, teacher.image_size) * 255.0)
       found.append(Model("zero_shot_teacher", 0.0, None, zero_shot_evaluator.scores(embed),
                          {"image": teacher.params, "text": text}, "zero_shot_teacher_clean"))
     else:

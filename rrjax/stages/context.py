@@ -36,13 +36,9 @@ class Context:
   @functools.cached_property
   def teacher(self):
     from rrjax import teachers
-    teacher = teachers.build_teacher(self.config.teacher)
-    if teacher.image_size != self.config.data.image_size:
-      raise ValueError(
-          f"data.image_size={self.config.data.image_size} but the teacher embeds "
-          f"{teacher.image_size}x{teacher.image_size} crops; set "
-          f"--config.data.image_size={teacher.image_size}.")
-    return teacher
+    # data.image_size is the student's input size; the teacher sees the same views at its
+    # own size (cut at that size for the cache, resized on device elsewhere).
+    return teachers.build_teacher(self.config.teacher)
 
   @functools.cached_property
   def view(self) -> ViewSpec:
