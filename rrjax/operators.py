@@ -613,9 +613,10 @@ def _varying_level(ops: Sequence[dict[str, Any]]) -> str | None:
 
 
 def _describe_choice(parsed: dict[str, Any]) -> str:
-  """"choice(mask p=0.5 | noise sigma=0.3)", "choice(0.75: mask p=0.5 | 0.25: noise
+  """"choice(mask p=0.5 or noise sigma=0.3)", "choice(0.75: mask p=0.5 or 0.25: noise
   sigma=0.3)" (non-uniform weights, normalised), and a uniform choice among levels of one
-  operator as "imagenet_c corruption=fog severity~{1,2,3,4,5}"."""
+  operator as "imagenet_c corruption=fog severity~{1,2,3,4,5}". Not "|": labels go into
+  Markdown tables."""
   ops, weights = parsed["ops"], parsed["weights"]
   uniform = weights is None or len(set(weights)) == 1
   field = _varying_level(ops) if uniform else None
@@ -626,7 +627,7 @@ def _describe_choice(parsed: dict[str, Any]) -> str:
   labels = [_describe_parsed(op) for op in ops]
   if not uniform:
     labels = [f"{w / sum(weights):.3g}: {label}" for w, label in zip(weights, labels)]
-  return f"choice({' | '.join(labels)})"
+  return f"choice({' or '.join(labels)})"
 
 
 def _describe_parsed(parsed: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Reports over many runs: the paper's tables and figures from workdirs' results.json.
 
-  python -m rrjax.report WORKDIR [WORKDIR ...] [--out DIR]
+  python -m rrjax.report WORKDIR [WORKDIR ...] [--out DIR] [--alexnet_errors FILE.json]
 
 Reads `WORKDIR/results.json` (written by the eval stage; rows in `rrjax.results`' schema)
 of every workdir and writes into DIR (default: the current directory):
@@ -13,6 +13,11 @@ of every workdir and writes into DIR (default: the current directory):
                   Table 2   transfer (experiment E4): one row per data set and metric
                   Table 13  no contrastive step: probes on the teacher's (or an ImageNet
                             network's) embeddings of distorted images next to ours
+                  ImageNet-C  rows whose test operator is an `imagenet_c` corruption (E12,
+                            E12b): per method and workdir, top-1 per corruption averaged
+                            over its severities, the mean over corruptions and, given
+                            AlexNet's errors (--alexnet_errors), mCE (`imagenet_c_table`);
+                            per-severity numbers are in results.csv
                   Other     every row no table above holds
                   Agreement student-teacher cosine and retrieval@1 (agreement rows)
                 with the authors' numbers (SPEC §7, `rrjax.paper_numbers`) where the
@@ -34,7 +39,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from rrjax import operators, paper_numbers
+from rrjax import imagenet_c, operators, paper_numbers
 from rrjax.results import METRICS, MISSING, markdown, method_name
 
 SETTING_FIELDS = ("experiment", "dataset", "teacher", "student", "loss", "train_operator",
@@ -143,11 +148,14 @@ def is_transfer(row: dict[str, Any]) -> bool:
 
 
 def table_of(row: dict[str, Any]) -> str:
-  """Which table shows a row: "table1", "table2", "table13", "agreement" or "other"."""
+  """Which table shows a row: "table1", "table2", "table13", "imagenet_c", "agreement" or
+  "other"."""
   if row["method"] in AGREEMENT_METHODS:
     return "agreement"
   if is_transfer(row):
     return "table2"
+  if row["kind"] == "imagenet_c":
+    return "imagenet_c"
   matched = row["operator"] == row["train_operator"]
   if matched and row["method"] in NO_CONTRASTIVE_METHODS:
     return "table13"
@@ -299,6 +307,107 @@ def agreement_table(rows: Sequence[dict[str, Any]]) -> str:
        "retrieval@1 (trained)", "cosine (initial)", "retrieval@1 (initial)"], body))
 
 
+def load_alexnet_errors(path: str) -> dict[str, tuple[float, ...]]:
+  """AlexNet's top-1 errors on the ImageNet-C corruptions, mCE's denominators.
+
+  The file is a JSON object {corruption: [e1, e2, e3, e4, e5]}: error rates as FRACTIONS
+  in [0, 1] (0.886 for 88.6% error) at severities 1..5, corruptions named as in
+  `rrjax.imagenet_c.NAMES`. A single number instead of a list is the mean over the five
+  severities (as Hendrycks & Dietterich tabulate them; CE only needs their sum). They must
+  come from the same test set: ImageNet-100's are not published, so measure an AlexNet
+  trained on ImageNet-100 under the same corruptions.
+  """
+  with open(path) as f:
+    try:
+      table = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); --alexnet_errors takes "
+                       "{corruption: [e1, ..., e5]}.") from None
+  if not isinstance(table, dict):
+    raise ValueError(f"{path}: --alexnet_errors must hold a JSON object {{corruption: "
+                     f"[e1, ..., e5]}}; got {type(table).__name__}.")
+  errors = {}
+  for name, value in table.items():
+    values = [value] * len(imagenet_c.SEVERITIES) if isinstance(value, (int, float)) else value
+    if name not in imagenet_c.NAMES:
+      raise ValueError(f"{path}: {name!r} is not an ImageNet-C corruption; names: "
+                       f"{', '.join(imagenet_c.NAMES)}.")
+    if (not isinstance(values, list) or len(values) != len(imagenet_c.SEVERITIES)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+      raise ValueError(f"{path}: {name} must be a list of 5 error rates (severities 1..5) or "
+                       f"one number (their mean); got {value!r}.")
+    if not all(0 <= v <= 1 for v in values) or not sum(values):
+      raise ValueError(f"{path}: {name}'s errors {values} must be fractions in [0, 1], not all "
+                       "0 (divide percentages by 100).")
+    errors[name] = tuple(float(v) for v in values)
+  return errors
+
+
+def imagenet_c_table(rows: Sequence[dict[str, Any]],
+                     alexnet_errors: dict[str, Sequence[float]] | None = None) -> str:
+  """ImageNet-C: for each (workdir, method, labels), top-1 per corruption averaged over the
+  severities it was tested at, their mean over corruptions and, given AlexNet's errors
+  (`load_alexnet_errors`), mCE: the mean over the row's common corruptions (Hendrycks &
+  Dietterich's 15; the 4 extra ones are for validation) tested at all 5 severities of
+  CE_c = sum_s (100 - top1_s) / sum_s (100 * alexnet_s) x 100."""
+  mine = [row for row in rows if table_of(row) == "imagenet_c" and row["top1_mean"] is not None]
+  if not mine:
+    return ""
+  # {row key: {corruption: {severity: (top-1, workdir)}}}
+  found = collections.defaultdict(lambda: collections.defaultdict(dict))
+  for row in mine:
+    spec = json.loads(row["spec"])
+    key = (row["workdir"], row["train_operator"], method_name(row["method"]),
+           _percent(row["label_fraction"]))
+    severities = found[key][spec["corruption"]]
+    if spec["severity"] in severities:
+      _LOG.warning("report: %s at %s severity %s appears twice; the table shows the latter.",
+                   key, spec["corruption"], spec["severity"])
+    severities[spec["severity"]] = row["top1_mean"]
+  names = [name for name in imagenet_c.NAMES if any(name in v for v in found.values())]
+  complete = set(imagenet_c.SEVERITIES)
+  body, partial = [], False
+  for key, by_name in found.items():
+    cells, means, errors = [], [], []
+    for name in names:
+      top1 = by_name.get(name, {})
+      if not top1:
+        cells.append(MISSING)
+        continue
+      means.append(sum(top1.values()) / len(top1))
+      partial |= set(top1) != complete
+      cells.append(f"{means[-1]:.2f}" + ("" if set(top1) == complete else "*"))
+      if (alexnet_errors and name in alexnet_errors and name in imagenet_c.COMMON
+          and set(top1) == complete):
+        errors.append(100 * sum(100 - top1[s] for s in imagenet_c.SEVERITIES)
+                      / sum(100 * e for e in alexnet_errors[name]))
+    extra = [f"{sum(means) / len(means):.2f} (n={len(means)})"]
+    if alexnet_errors:
+      extra.append(f"{sum(errors) / len(errors):.1f} (n={len(errors)})" if errors else MISSING)
+    body.append([*key, *cells, *extra])
+  notes = ["Top-1 (%) per corruption averaged over its severities; mean: over the row's n "
+           "corruptions. Per-severity numbers: results.csv."]
+  if partial:
+    notes.append("*: tested at only some of severities 1-5; the average is over those, and "
+                 "the corruption gets no corruption error (CE) and stays out of mCE.")
+  if alexnet_errors:
+    notes.append("mCE (%): the mean, over the row's n common corruptions (Hendrycks & "
+                 "Dietterich's 15; the 4 extra ones stay out, as in their mCE) tested at all 5 "
+                 "severities and in the AlexNet file, of CE_c = sum over severities of the "
+                 "error / the same sum of AlexNet's errors x 100. AlexNet's errors come from "
+                 "--alexnet_errors: ImageNet-100's are not published, so whoever supplied "
+                 "them measured them.")
+  else:
+    notes.append("mCE needs AlexNet's errors on the same corruptions: `python -m rrjax.report "
+                 "... --alexnet_errors FILE.json` ({corruption: [e1, ..., e5]}, fractions). "
+                 "ImageNet-100's are not published: measure them with an AlexNet trained on "
+                 "ImageNet-100.")
+  header = ["workdir", "train operator", "method", "labels", *names, "mean"]
+  return ("### ImageNet-C: top-1 (%) per corruption\n\n"
+          + markdown(header + (["mCE (%)"] if alexnet_errors else []), body) + "\n"
+          + "\n\n".join(notes) + "\n")
+
+
 # ---------------------------------------------------------------------------- plots
 
 
@@ -382,6 +491,8 @@ def plot_severity(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
   fields = ("experiment", "dataset", "teacher", "loss", "train", "method", "label_fraction")
   written = []
   for kind, field in operators.SEVERITY_FIELDS.items():
+    if kind == "imagenet_c":
+      continue  # 19 corruptions share each severity: the ImageNet-C table shows them.
     lines = _lines([r for r in rows if r["kind"] == kind], fields, lambda r: r["level"])
     if any(len(points) > 1 for points in lines.values()):
       written.append(_save_plot(os.path.join(out_dir, f"severity_{kind}.png"), lines, fields,
@@ -421,13 +532,18 @@ def plot_loss_ablation(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str
 # ---------------------------------------------------------------------------- main
 
 
-def write_report(workdirs: Sequence[str], out_dir: str = ".") -> list[str]:
-  """Writes results.csv, report.md and the plots that have data; returns their paths."""
+def write_report(workdirs: Sequence[str], out_dir: str = ".",
+                 alexnet_errors: str | None = None) -> list[str]:
+  """Writes results.csv, report.md and the plots that have data; returns their paths.
+  `alexnet_errors`: a JSON file of AlexNet's ImageNet-C errors (`load_alexnet_errors`),
+  for mCE."""
+  errors = load_alexnet_errors(alexnet_errors) if alexnet_errors else None
   rows, _ = collect(workdirs)
   os.makedirs(out_dir, exist_ok=True)
   csv_path = os.path.join(out_dir, "results.csv")
   write_csv(rows, csv_path)
-  tables = [t for t in (table1(rows), table2(rows), table13(rows), other_table(rows),
+  tables = [t for t in (table1(rows), table2(rows), table13(rows),
+                        imagenet_c_table(rows, errors), other_table(rows),
                         agreement_table(rows)) if t]
   md_path = os.path.join(out_dir, "report.md")
   with open(md_path, "w") as f:
@@ -443,9 +559,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
                       help="run directories holding results.json")
   parser.add_argument("--out", default=".", help="output directory (default: current)")
+  parser.add_argument("--alexnet_errors", metavar="FILE.json",
+                      help="AlexNet's top-1 errors per ImageNet-C corruption, for mCE: "
+                           "{corruption: [e1, ..., e5]} as fractions in [0, 1] (not "
+                           "published for ImageNet-100: measure them)")
   args = parser.parse_args(argv)
   try:
-    written = write_report(args.workdirs, args.out)
+    written = write_report(args.workdirs, args.out, args.alexnet_errors)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   print("\n".join(written))

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -355,3 +356,83 @@ def test_results_rows_and_their_markdown():
   with pytest.raises(ValueError, match="accuracy"):
     results.row(evaluator="x", type="x", method="m", spec=mask, describe=operators.describe,
                 metrics={"accuracy": {"mean": 1.0}})
+
+
+def _corrupted(corruption, severity) -> dict:
+  return {"kind": "imagenet_c", "corruption": corruption, "severity": severity}
+
+
+@pytest.fixture(scope="module")
+def imagenet_c_runs(tmp_path_factory):
+  """A run tested on gaussian_noise at all 5 severities, fog at 3 of them and saturate (an
+  extra corruption) at all 5; and a second run tested on fog alone."""
+  root = str(tmp_path_factory.mktemp("imagenet_c"))
+  noise = {"kind": "noise", "sigma": [0.1, 0.3]}
+  rows = [_row("student_probe", 1.0, _corrupted("gaussian_noise", s), 90.0 - 10 * s)
+          for s in range(1, 6)]
+  rows += [_row("zero_shot", 0.0, _corrupted("gaussian_noise", s), 50.0, evaluator="zero_shot")
+           for s in range(1, 6)]
+  rows += [_row("student_probe", 1.0, _corrupted("fog", s), 70.0 + s) for s in (1, 2, 3)]
+  rows += [_row("student_probe", 1.0, _corrupted("saturate", s), 80.0) for s in range(1, 6)]
+  rows.append(_row("zero_shot_teacher_clean", 0.0, {"kind": "identity"}, 60.0,
+                   evaluator="zero_shot"))
+  alexnet = os.path.join(root, "alexnet.json")
+  with open(alexnet, "w") as f:  # gaussian_noise as a list, fog and saturate as means
+    json.dump({"gaussian_noise": [0.5, 0.6, 0.7, 0.8, 0.9], "fog": 0.8, "saturate": 0.5}, f)
+  return {"noise": _workdir(root, "noise", rows, train_spec=noise, experiment="E12"),
+          "fog": _workdir(root, "fog", [_row("student_probe", 1.0, _corrupted("fog", s), 60.0)
+                                        for s in range(1, 6)],
+                          train_spec=noise, experiment="E12"),
+          "alexnet": alexnet}
+
+
+def test_imagenet_c_table_and_mce(imagenet_c_runs, tmp_path, capsys):
+  out = str(tmp_path / "out")
+  report.main([imagenet_c_runs["noise"], imagenet_c_runs["fog"], "--out", out,
+               "--alexnet_errors", imagenet_c_runs["alexnet"]])
+  # No severity plot: every corruption shares severities 1..5.
+  assert capsys.readouterr().out.split() == [os.path.join(out, "results.csv"),
+                                             os.path.join(out, "report.md")]
+  with open(os.path.join(out, "report.md")) as f:
+    markdown = f.read()
+  rows = _table(markdown, "ImageNet-C")
+  assert list(rows[0])[4:] == ["gaussian_noise", "fog", "saturate", "mean", "mCE (%)"]
+  ours = _find(rows, workdir=imagenet_c_runs["noise"], method="ours")
+  # Noise errors 20..60 (sum 200) over AlexNet's 50..90 (sum 350); fog lacks severities 4-5
+  # and saturate is an extra corruption, so neither enters mCE.
+  assert (ours["gaussian_noise"], ours["fog"], ours["saturate"]) == ("60.00", "72.00*", "80.00")
+  assert ours["mean"] == "70.67 (n=3)" and ours["mCE (%)"] == "57.1 (n=1)"
+  assert ours["train operator"] == "noise sigma~U(0.1,0.3)" and ours["labels"] == "100%"
+  zero_shot = _find(rows, method="zero-shot (student)")
+  assert (zero_shot["gaussian_noise"], zero_shot["fog"], zero_shot["mCE (%)"]) == (
+      "50.00", "–", "71.4 (n=1)")
+  fog = _find(rows, workdir=imagenet_c_runs["fog"])
+  assert fog["fog"] == "60.00" and fog["mCE (%)"] == f"{100 * 200 / 400:.1f} (n=1)"
+  assert len(rows) == 3  # the clean teacher (identity) is not an ImageNet-C row
+  assert "*: tested at only some of severities" in markdown
+  assert "ImageNet-100's are not published" in markdown
+  others = _table(markdown, "Other results")
+  assert [r["test operator"] for r in others] == ["identity"]
+
+
+def test_imagenet_c_table_without_alexnet_errors(imagenet_c_runs):
+  rows, _ = report.collect([imagenet_c_runs["fog"]])
+  markdown = report.imagenet_c_table(rows)
+  assert "mCE (%)" not in _table(markdown, "ImageNet-C")[0]
+  assert "--alexnet_errors FILE.json" in markdown and "*:" not in markdown
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"gaussian_noise": [50, 60, 70, 80, 90]}, "fractions in [0, 1]"),
+    ({"gaussian_noise": [0.5, 0.6]}, "list of 5 error rates"),
+    ({"rain": 0.5}, "'rain' is not an ImageNet-C corruption"),
+    ([0.5], "JSON object"),
+])
+def test_bad_alexnet_errors(tmp_path, content, message):
+  path = str(tmp_path / "alexnet.json")
+  with open(path, "w") as f:
+    json.dump(content, f)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    report.load_alexnet_errors(path)
+  with pytest.raises(SystemExit, match=re.escape(message)):
+    report.main([str(tmp_path), "--alexnet_errors", path, "--out", str(tmp_path / "out")])
