@@ -295,6 +295,7 @@ def step_alone_rate(args, sizes, overrides, config_path, run_dir, steps,
     target[field] = ("cache", "student") if key == "stages" else value
   ctx = stages.Context(config=config, workdir=run_dir, mesh=sharding.make_mesh())
   _, batch = loop_overhead.loader_alone(ctx, batches=1)
+  ctx.close()  # The loader's worker processes.
   alone = loop_overhead.step_alone(ctx, batch, repeats=max(3, min(steps, 20)))
   return sizes["e2e_batch"] / alone, "compiled here"
 

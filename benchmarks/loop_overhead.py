@@ -107,6 +107,7 @@ def main():
   loader_seconds, batch = loader_alone(ctx, batches=50)
   alone = step_alone(ctx, batch, repeats=min(steps, 100))
   outside = 1 - steps * alone / loop_seconds
+  ctx.close()  # The loader's worker processes.
   resident = ctx.train_cache
   stored = type(resident).open(resident.path)
   print(f"student stage, {jax.default_backend()} x {ctx.mesh.devices.size}, batch "

@@ -27,6 +27,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import time
+import weakref
 from multiprocessing import shared_memory
 from typing import Any, Sequence
 
@@ -136,6 +137,8 @@ class ViewCutter:
       self._pool = concurrent.futures.ProcessPoolExecutor(
           num_workers, mp_context=context, initializer=_start_worker,
           initargs=(source, view, seed))
+    # Workers and shared memory are released even when nobody calls close().
+    self._release = weakref.finalize(self, _release, self._pool, self._all)
 
   def submit(self, indices: Sequence[int], view_indices: Sequence[int]) -> _Pending:
     indices, view_indices = list(map(int, indices)), list(map(int, view_indices))
@@ -197,19 +200,24 @@ class ViewCutter:
     return buffer
 
   def close(self) -> None:
-    if self._pool is not None:
-      self._pool.shutdown(wait=True, cancel_futures=True)
-      self._pool = None
-    for buffer in self._all:
-      buffer.close()
-      buffer.unlink()
-    self._all, self._free = [], []
+    self._release()
+    self._pool = None
+    self._free = []
 
   def __enter__(self) -> "ViewCutter":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _release(pool, buffers: list) -> None:
+  if pool is not None:
+    pool.shutdown(wait=True, cancel_futures=True)
+  for buffer in buffers:
+    buffer.close()
+    buffer.unlink()
+  buffers.clear()
 
 
 def _check_shared_memory(nbytes: int, path: str = "/dev/shm") -> None:
