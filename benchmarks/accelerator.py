@@ -57,7 +57,7 @@ import train_step  # noqa: E402
 from rrjax import config as config_lib  # noqa: E402
 from rrjax import operators, sharding, stages, train  # noqa: E402
 from rrjax.cache import TeacherForward, build_cache  # noqa: E402
-from rrjax.data import pipeline, sources, synthetic, views  # noqa: E402
+from rrjax.data import pipeline, sources, synthetic, views, workers  # noqa: E402
 from rrjax.models import clip  # noqa: E402
 from rrjax.teachers import validate_teacher  # noqa: E402
 
@@ -185,14 +185,15 @@ def pipeline_section(args, sizes: dict, workdir: str, finished: dict) -> dict:
                                      "train")
   num_workers = os.cpu_count()
   size = sizes["image_size"]
-  loader = pipeline.TrainLoader(source, global_batch_size=sizes["pipeline_batch"],
-                                view=views.ViewSpec(size=size, resize_size=size * 256 // 224),
-                                num_views=10, seed=0, process_index=0, process_count=1,
-                                num_workers=num_workers)
-  try:
-    wall, cpu, images = input_pipeline._measure(loader, sizes["pipeline_batches"])
-  finally:
-    loader.close()
+  spec = views.ViewSpec(size=size, resize_size=size * 256 // 224)
+  with workers.ViewCutter(source, spec, 0, num_workers) as cutter:
+    loader = pipeline.TrainLoader(source, global_batch_size=sizes["pipeline_batch"], view=spec,
+                                  num_views=10, seed=0, process_index=0, process_count=1,
+                                  cutter=cutter)
+    try:
+      wall, cpu, images = input_pipeline._measure(loader, cutter, sizes["pipeline_batches"])
+    finally:
+      loader.close()
   return {"num_workers": num_workers, "image_size": size, "batch_size": sizes["pipeline_batch"],
           "images": images, "images_per_s": images / wall, "images_per_cpu_s": images / cpu}
 

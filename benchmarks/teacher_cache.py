@@ -19,7 +19,6 @@ enough cores to keep up; on a small CPU host the forward and the decoding share 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import tempfile
 import time
@@ -30,7 +29,7 @@ import numpy as np
 from common import make_teacher  # benchmarks/common.py
 from rrjax import sharding
 from rrjax.cache import TeacherForward, build_cache
-from rrjax.data import sources, synthetic, views
+from rrjax.data import sources, synthetic, views, workers
 
 
 def forward_images_per_s(forward: TeacherForward, batch_size: int, image_size: int,
@@ -46,13 +45,16 @@ def forward_images_per_s(forward: TeacherForward, batch_size: int, image_size: i
   return num_batches * batch_size / (time.perf_counter() - start)
 
 
-def host_images_per_s(source, spec: views.ViewSpec, num_workers: int) -> float:
-  """Decode + crop of view 1 of every example on `num_workers` threads, nothing else."""
-  def one(i):
-    return spec(source[i]["image"], seed=0, example_id=i, view_index=1)
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+def host_images_per_s(source, spec: views.ViewSpec, num_workers: int,
+                      batch: int = 64) -> float:
+  """Decode + crop of view 1 of every example by `num_workers` view-cutting processes
+  (`rrjax.data.workers`, as the cache builder runs them), nothing else."""
+  with workers.ViewCutter(source, spec, 0, num_workers) as cutter:
     start = time.perf_counter()
-    count = sum(1 for _ in pool.map(one, range(len(source))))
+    count = 0
+    for first in range(0, len(source), batch):
+      rows = list(range(first, min(first + batch, len(source))))
+      count += len(cutter.collect(cutter.submit(rows, [1] * len(rows)))["image"])
   return count / (time.perf_counter() - start)
 
 

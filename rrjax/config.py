@@ -50,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = "tfds"            # "tfds" | "folder" | "records"
   c.data.name = "imagenet2012"      # tfds name; also names folder/record data sets
   c.data.root = ""                  # image folder / record dir / tfds data_dir
-  c.data.wnids = "imagenet100"      # restrict imagenet2012 to a class list, or ""
+  c.data.wnids = "auto"             # "auto": ImageNet-100 for tfds imagenet2012, else the
+                                    # data's own classes; "imagenet100" | "imagenet100b" | ""
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.image_size = 224

@@ -7,7 +7,8 @@
 3. the teacher: a local checkpoint directory with a config, or a hub id whose config is
    in the Hugging Face cache, or (not offline) a hub that answers;
 4. the workdir: writable, with room for the teacher cache (estimated).
-A failure raises `PreflightError` with what is wrong, the config field and the fix;
+A failure raises `PreflightError` with what is wrong, the config field and the fix (data
+and teacher problems together);
 `rrjax.main` prints it without a traceback. It returns a `Plan` (`describe()` is what
 `--dry_run` prints). The cache's fingerprint is checked when the cache stage opens it,
 which also happens before anything is trained.
@@ -69,12 +70,25 @@ def preflight(config, workdir: str, num_devices: int) -> Plan:
     config_lib.check_config(config, num_devices)
   except ValueError as e:
     raise PreflightError(str(e)) from e
-  train_examples, num_classes = _check_data(config.data, config.data.train_split)
-  eval_data = ml_collections.ConfigDict(config.data.to_dict())
-  if config.eval.data_name:
-    eval_data.name = config.eval.data_name
-  eval_examples, _ = _check_data(eval_data, config.data.eval_split)
-  dim = _check_teacher(config.teacher)
+  # Data and teacher problems are reported together: a newcomer gets every command that
+  # fetches what is missing at once.
+  problems = []
+  train_examples = eval_examples = num_classes = 0
+  dim = None
+  try:
+    train_examples, num_classes = _check_data(config.data, config.data.train_split)
+    eval_data = ml_collections.ConfigDict(config.data.to_dict())
+    if config.eval.data_name:
+      eval_data.name = config.eval.data_name
+    eval_examples, _ = _check_data(eval_data, config.data.eval_split)
+  except PreflightError as e:
+    problems.append(str(e))
+  try:
+    dim = _check_teacher(config.teacher)
+  except PreflightError as e:
+    problems.append(str(e))
+  if problems:
+    raise PreflightError("\n".join(problems))
   views = config.cache.num_views
   cache_bytes = train_examples * views * (dim or _FALLBACK_DIM) * _DTYPE_BYTES.get(
       config.cache.dtype, 4) if "cache" in config.stages else 0
@@ -125,9 +139,9 @@ def _tfds_size(data_cfg, split: str) -> tuple[int, int]:
         f"`tfds build {data_cfg.name} --file_format=array_record` (ImageNet needs its "
         "archives placed in the manual dir first) or point data.root at its data_dir.") from e
   names = list(builder.info.features["label"].names)
-  if not data_cfg.wnids:
+  wnids = sources.class_list(data_cfg)
+  if wnids is None:
     return len(data), len(names)
-  wnids = sources.load_wnids(data_cfg.wnids)
   missing = sorted(set(wnids) - set(names))
   if missing:
     raise ValueError(f"data.wnids={data_cfg.wnids!r} has classes {missing[:5]} that tfds "

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_pipeline_end_to_end(full_run):
   assert "[2/4] student: trains the clip student on mask p=0.9" in done.stdout
   assert f"tensorboard --logdir {workdir / 'tensorboard'}" in done.stdout
   assert not re.search(r"^I\d{4} ", done.stderr, re.M), done.stderr[:2000]
+  assert (done.stdout + done.stderr).count("\n") < 60  # Bars redraw with \r, not \n.
   log = (workdir / "log.txt").read_text()
   assert "checkpoint_manager.py" in log and "[4/4] eval:" in log
   versions = json.loads((workdir / "versions.json").read_text())
@@ -226,3 +228,50 @@ def test_student_trains_at_a_lower_resolution_than_its_teacher(env, tmp_path):
   assert summaries["student"]["summary"]["final_metrics"]["loss"] > 0
   metadata = json.loads(next((tmp_path / "teacher_cache").rglob("cache.json")).read_text())
   assert metadata["fingerprint"]["preprocessing.size"] == 32
+
+
+def _plug_in(config):
+  config.teacher.kind, config.teacher.name = "python", ""
+  config.teacher.factory = "support.plugin_teacher:make"
+  config.data.wnids = "auto"  # A folder that is not ImageNet: its own classes, no override.
+  return config
+
+
+def test_an_embed_only_plug_in_teacher_runs_the_teacher_probe_end_to_end(env, tmp_path):
+  """configs/no_contrastive.py:features=teacher (Table 13's baseline) with the README's
+  minimal plug-in teacher, on the smoke folder (classes class_000...), without data.wnids."""
+  config = config_lib.load_config(os.path.join(REPO, "configs", "no_contrastive.py")
+                                  + ":smoke,features=teacher")
+  config.unlock()
+  config = _plug_in(config)
+  config.probe.num_epochs, config.eval.repeats = 2, 1
+  config_lib.check_config(config, num_devices=8)
+  stages.run_stages(config, str(tmp_path))
+  (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert row["method"] == "teacher_probe" and 0 <= row["top1"]["mean"] <= 100
+
+
+@pytest.mark.parametrize("case", ["teacher_dir", "corrupt_jpeg", "corrupt_skipped"])
+def test_bad_input_ends_in_a_short_message_and_loses_nothing(env, tmp_path, case):
+  data = tmp_path / "data"
+  shutil.copytree(smoke.assets()["data"], data)
+  broken = sorted((data / "train").rglob("*.*"))[3]
+  broken.write_bytes(b"\xff\xd8 not really a jpeg")
+  overrides = [f"--config.data.root={data}", '--config.stages=("cache",)']
+  if case == "teacher_dir":
+    overrides.append("--config.teacher.name=/no/such/teacher")
+  if case == "corrupt_skipped":
+    overrides.append("--config.data.skip_corrupt=True")
+  done = subprocess.run(_command(tmp_path / "run", *overrides), env=env, capture_output=True,
+                        text=True, cwd=REPO)
+  if case == "corrupt_skipped":
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "cache" / "done.json").exists()
+    return
+  assert done.returncode == 2, done.stderr[-2000:]
+  message = [line for line in done.stderr.splitlines() if not re.match(r"[IW]\d{4} ", line)]
+  assert len(message) <= 10, done.stderr
+  expected = {"teacher_dir": ("teacher.name='/no/such/teacher'", "checkpoint directory"),
+              "corrupt_jpeg": (broken.name, "data.skip_corrupt=True")}[case]
+  assert all(text in done.stderr for text in expected), done.stderr
+  assert not (tmp_path / "run" / "cache" / "done.json").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rrjax import operators
+from rrjax import imagenet_c, operators
 from rrjax.tools import show_operators
 
 SIZE = 32
@@ -50,3 +50,34 @@ def test_generated_image_and_bad_arguments(tmp_path):
     show_operators.main(["--image", str(tmp_path / "missing.jpg"), "--out", str(out)])
   with pytest.raises(ValueError, match="--size must be at least 1"):
     show_operators.main(["--out", str(out), "--size", "0"])
+
+
+def test_imagenet_c_grid_has_a_row_per_corruption_and_a_column_per_severity(tmp_path):
+  # All 19 rows take ~30 s of XLA compilation on CPU, too long for a unit test: the full
+  # grid's layout is checked from its rows, the pixels on five corruptions that compile
+  # fast (random, pointwise, resampling, blurring).
+  rows = show_operators.imagenet_c_rows()
+  assert [row[0] for row in rows] == [(f"{name}: clean", None) for name in imagenet_c.NAMES]
+  for name, (_, *levels) in zip(imagenet_c.NAMES, rows):
+    assert [label for label, _ in levels] == [f"severity {s}" for s in range(1, 6)]
+    assert [spec for _, spec in levels] == [
+        {"kind": "imagenet_c", "corruption": name, "severity": s} for s in range(1, 6)]
+  names = ["gaussian_noise", "contrast", "brightness", "pixelate", "gaussian_blur"]
+  out = tmp_path / "imagenet_c.png"
+  show_operators.main(["--imagenet_c", "--corruptions", ",".join(names), "--out", str(out),
+                       "--size", str(SIZE)])
+  with Image.open(out) as grid:
+    assert grid.format == "PNG"
+    assert grid.size == (6 * SIZE, len(names) * (SIZE + show_operators.label_height(SIZE)))
+  found = tiles(out)
+  clean = show_operators.synthetic_image(SIZE)
+  for row, name in enumerate(names):
+    first, *severities = found[6 * row:6 * (row + 1)]
+    np.testing.assert_array_equal(first, clean)
+    change = [np.abs(tile.astype(int) - clean).mean() for tile in severities]
+    # Columns in severity order: on this image each corruption moves it further per level.
+    assert 0 < change[0] < change[1] < change[2] < change[3] < change[4], (name, change)
+  with pytest.raises(ValueError, match="must be one of"):
+    show_operators.main(["--imagenet_c", "--corruptions", "fogg", "--out", str(out)])
+  with pytest.raises(ValueError, match="--columns does not apply"):
+    show_operators.main(["--imagenet_c", "--columns", "3", "--out", str(out)])

@@ -52,8 +52,8 @@ _RECORD_HEADER = struct.Struct("<qq")  # label, id; followed by the encoded imag
 def load_wnids(name: str) -> list[str]:
   """A packaged wnid list ("imagenet100" or "imagenet100b"), in its file order."""
   if name not in WNID_LISTS:
-    raise ValueError(f"data.wnids={name!r} must be one of {WNID_LISTS} (or empty for all "
-                     "classes).")
+    raise ValueError(f"data.wnids={name!r} must be one of {WNID_LISTS}, 'auto' (ImageNet-100 "
+                     "for tfds imagenet2012, else the data's own classes) or '' (all classes).")
   text = importlib.resources.files("rrjax.data").joinpath(f"{name}_wnids.txt").read_text()
   return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -369,12 +369,12 @@ def build_source(data_cfg, split: str):
   """The source of `split` described by a `config.data` ConfigDict (`rrjax.config`).
 
   Fields: source ("folder" | "tfds" | "records"), name (tfds name), root (image folder,
-  records directory, or tfds data_dir; "" = tfds default), wnids ("imagenet100" |
-  "imagenet100b" | "" for all classes), skip_corrupt, num_workers (threads for the
-  corrupt-file scan), and optionally out_of_class (wrap in `OutOfClassSource`).
+  records directory, or tfds data_dir; "" = tfds default), wnids (`class_list`),
+  skip_corrupt, num_workers (threads for the corrupt-file scan), and optionally
+  out_of_class (wrap in `OutOfClassSource`).
   """
   out_of_class = bool(data_cfg.get("out_of_class", False))
-  wnids = load_wnids(data_cfg.wnids) if data_cfg.wnids else None
+  wnids = class_list(data_cfg)
   if out_of_class:
     wnids = list(OUT_OF_CLASS_RELABEL)
   if data_cfg.source == "folder":
@@ -396,6 +396,18 @@ def build_source(data_cfg, split: str):
   else:
     raise ValueError(f"data.source={data_cfg.source!r} must be one of {SOURCES}.")
   return OutOfClassSource(source) if out_of_class else source
+
+
+def class_list(data_cfg) -> list[str] | None:
+  """The classes `data.wnids` keeps, None for all: "auto" (the default) is ImageNet-100
+  for tfds' ImageNet (`imagenet2012`, and its corrupted variants) and the data set's own
+  classes for everything else (image folders, records, CIFAR, ...); "imagenet100" or
+  "imagenet100b" always pick those wnids; "" keeps all classes."""
+  name = data_cfg.wnids
+  if name == "auto":
+    imagenet = data_cfg.source == "tfds" and str(data_cfg.name).startswith("imagenet2012")
+    return load_wnids("imagenet100") if imagenet else None
+  return load_wnids(name) if name else None
 
 
 def _check_folder_has_wnids(data_cfg, split: str) -> None:
