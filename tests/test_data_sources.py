@@ -313,11 +313,17 @@ def test_prepare_shorter_side_shrinks_large_images_and_names_itself(tmp_path):
     prepare.write_records(folder_source, str(tmp_path / "bad"), "train", shorter_side=-1)
 
 
-def test_default_wnids_on_a_folder_of_other_classes_says_how_to_use_them(folder):
-  """data.wnids defaults to "imagenet100"; a folder of other classes gets the fix, not a
-  list of 100 missing wnids, and works with data.wnids=''."""
+def test_folders_use_their_own_classes_and_imagenet_wnids_on_them_say_how(folder):
+  """data.wnids="auto" (the default) uses a folder's own classes; "imagenet100" on a
+  folder of other classes gets the fix, not a list of 100 missing wnids."""
+  assert sources.build_source(_data_cfg(source="folder", root=folder),
+                              "train").num_classes == NUM_CLASSES
+  assert sources.class_list(_data_cfg(source="tfds", name="imagenet2012")) == (
+      sources.load_wnids("imagenet100"))
+  assert sources.class_list(_data_cfg(source="tfds", name="cifar10")) is None
   with pytest.raises(ValueError) as error:
-    sources.build_source(_data_cfg(source="folder", root=folder), "train")
+    sources.build_source(_data_cfg(source="folder", root=folder, wnids="imagenet100"),
+                         "train")
   message = str(error.value)
   assert "data.wnids='imagenet100'" in message and "not wnids" in message
   assert "class_000, class_001, class_002" in message
@@ -335,7 +341,7 @@ def test_imagenet_folder_missing_classes_names_the_first_missing(tmp_path):
                                      size=4, splits=("train",), class_names=present,
                                      image_format="png")
   with pytest.raises(FileNotFoundError) as error:
-    sources.build_source(_data_cfg(source="folder", root=root), "train")
+    sources.build_source(_data_cfg(source="folder", root=root, wnids="imagenet100"), "train")
   message = str(error.value)
   assert "3 of the 100 class directories" in message and "data.wnids" in message
   assert str(sorted(wnids)[:3]) in message and "--config.data.wnids=''" not in message
