@@ -198,10 +198,11 @@ def test_tfds_datasets_of_the_configs_by_their_real_names(mock_tfds, config_arg,
 
 
 def test_imagenet2012_restricted_to_imagenet100(mock_tfds):
-  """configs/mask.py's data: imagenet2012 with data.wnids='imagenet100' keeps exactly the
-  examples of those 100 classes, relabelled by their position in the list."""
+  """configs/mask.py's data: imagenet2012 with data.wnids='auto' (ImageNet-100 for it)
+  keeps exactly the examples of those 100 classes, relabelled by their position."""
   data = _data_config("mask.py")
-  assert (data.name, data.wnids) == ("imagenet2012", "imagenet100")
+  assert (data.name, data.wnids) == ("imagenet2012", "auto")
+  assert sources.class_list(data) == sources.load_wnids("imagenet100")
   restricted = sources.build_source(data, "validation")
   full = sources.TfdsSource("imagenet2012", "validation")
   wnids = sources.load_wnids("imagenet100")
