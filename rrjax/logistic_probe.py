@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from rrjax import losses
+from rrjax.data import subsets
 
 DEFAULT_L2_GRID = tuple(float(l2) for l2 in np.logspace(-6, 0, 13))
 # L-BFGS stops after this many iterations without a new lowest gradient norm: float32's
@@ -131,13 +132,8 @@ def holdout_split(labels: np.ndarray, holdout_fraction: float,
   if not 0 < holdout_fraction < 1:
     raise ValueError(f"holdout_fraction={holdout_fraction} must be in (0, 1).")
   labels = np.asarray(labels)
-  rng = np.random.default_rng([seed, 0x686F6C646F7574])
-  held_out = []
-  for label in np.unique(labels):
-    members = np.flatnonzero(labels == label)
-    count = math.floor(holdout_fraction * len(members) + 0.5)
-    held_out.append(rng.choice(members, size=count, replace=False))
-  holdout = np.sort(np.concatenate(held_out)).astype(np.int64)
+  holdout = subsets.stratified_sample(labels, lambda n: math.floor(holdout_fraction * n + 0.5),
+                                      np.random.default_rng([seed, 0x686F6C646F7574]))
   train = np.setdiff1d(np.arange(len(labels)), holdout)
   if not len(train) or not len(holdout):
     raise ValueError(f"holdout_fraction={holdout_fraction} splits {len(labels)} examples "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,14 +13,19 @@ def class_balanced_indices(labels: np.ndarray, fraction: float, seed: int) -> np
   at least one example per class), drawn without replacement from (seed)."""
   if not 0 < fraction <= 1:
     raise ValueError(f"probe.label_fraction={fraction} must be in (0, 1].")
+  return stratified_sample(
+      labels, lambda n: max(1, min(n, math.floor(fraction * n + 0.5))),
+      np.random.default_rng([seed, 0x7375627365]))
+
+
+def stratified_sample(labels: np.ndarray, count: Callable[[int], int],
+                      rng: np.random.Generator) -> np.ndarray:
+  """Sorted int64 indices: `count(n)` examples of each class of n, drawn without
+  replacement, class by class in label order."""
   labels = np.asarray(labels)
-  rng = np.random.default_rng([seed, 0x7375627365])
-  chosen = []
-  for label in np.unique(labels):
-    members = np.flatnonzero(labels == label)
-    count = max(1, min(len(members), math.floor(fraction * len(members) + 0.5)))
-    chosen.append(rng.choice(members, size=count, replace=False))
-  return np.sort(np.concatenate(chosen))
+  chosen = [rng.choice(members, size=count(len(members)), replace=False)
+            for members in (np.flatnonzero(labels == label) for label in np.unique(labels))]
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 class Subset:
