@@ -7,6 +7,7 @@ are locked, so a misspelt `--config.x=y` override is rejected by name by ml_coll
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 
@@ -243,6 +244,38 @@ def get_field(config: ml_collections.ConfigDict, dotted: str):
   for part in dotted.split("."):
     config = config[part]
   return config
+
+
+def _dotted_fields(config, prefix: str = "") -> list[str]:
+  fields = []
+  for name, value in config.items():
+    fields.append(prefix + name)
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      fields += _dotted_fields(value, f"{prefix}{name}.")
+  return fields
+
+
+def unknown_field(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """None if `--config.<dotted>` names a field of `config`; else what is wrong, with the
+  nearest fields or the valid ones at that level."""
+  node, parts = config, dotted.split(".")
+  for depth, part in enumerate(parts):
+    if "[" in part:  # An element of a sequence: ml_collections checks the index itself.
+      return None
+    if not isinstance(node, (ml_collections.ConfigDict, dict)):
+      return (f"{'.'.join(parts[:depth])} is a value ({node!r}), not a group of fields; "
+              f"set it whole with --config.{'.'.join(parts[:depth])}=...")
+    negated_bool = (depth == len(parts) - 1 and part.startswith("no")  # --config.nox
+                    and isinstance(node.get(part[2:]), bool))
+    if part not in node and not negated_bool:
+      parent = ".".join(parts[:depth])
+      near = difflib.get_close_matches(dotted, _dotted_fields(config), n=3, cutoff=0.75)
+      if near:
+        return f"no such config field; did you mean {', '.join(near)}?"
+      return (f"no such config field; the fields of {parent or 'the config'} are "
+              f"{', '.join(sorted(node))}.")
+    node = node.get(part)
+  return None
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -103,20 +103,79 @@ def main(argv) -> None:
   console.say(console.where_things_are(workdir, config))
 
 
+class FlagError(Exception):
+  """A command line rrjax cannot run: one short message, exit status 2."""
+
+
 def check_argv_order(argv: list[str]) -> None:
   """absl needs --config=FILE before any --config.x=y override; say so plainly."""
   for arg in argv[1:]:
     if arg.startswith(("--config=", "-config=")) or arg in ("--config", "-config"):
       return
     if arg.startswith(("--config.", "-config.")):
-      sys.exit(f"error: {arg.split('=')[0]} comes before --config=FILE; put --config=FILE "
-               "first, then the --config.x=y overrides.")
+      raise FlagError(f"{arg.split('=')[0]} comes before --config=FILE; put --config=FILE "
+                      "first, then the --config.x=y overrides.")
+
+
+def _config_argument(argv: list[str]) -> str | None:
+  """The FILE[:ARGS] of `--config=FILE[:ARGS]` or `--config FILE[:ARGS]` (None if absent)."""
+  for i, arg in enumerate(argv):
+    name, sep, value = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and name == "config":
+      return value if sep else (argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
+def _override_keys(argv: list[str]) -> list[str]:
+  """The dotted fields of the `--config.x.y=value` overrides."""
+  return [arg.lstrip("-").partition("=")[0][len("config."):] for arg in argv[1:]
+          if arg.startswith(("--config.", "-config."))]
+
+
+def check_config_argument(argv: list[str]) -> None:
+  """The config file, its arguments and every override's field, checked before absl and
+  ml_collections parse them (their errors are tracebacks); exits 2 with one short message
+  naming the file, the argument or the field, and what is valid instead."""
+  from rrjax import config as config_lib
+  argument = _config_argument(argv)
+  if argument is None:
+    return  # absl reports the missing required flag.
+  path = argument.partition(":")[0]
+  if not os.path.isfile(path):
+    folder = os.path.dirname(path) or "."
+    configs = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(
+        folder) else []
+    raise FlagError(f"--config={argument}: no such file {path!r}" + (
+        f"; the configs in {folder}/ are {', '.join(configs)}." if configs else "."))
+  try:
+    config = config_lib.load_config(argument)
+  except ValueError as e:  # An unknown or malformed FILE:ARGS argument, named by the config.
+    raise FlagError(f"--config={argument}: {e}") from e
+  for key in _override_keys(argv):
+    problem = config_lib.unknown_field(config, key)
+    if problem:
+      raise FlagError(f"--config.{key}: {problem}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with short errors (exit 2) instead of tracebacks; `--debug`
+  lets a failure inside a config file show its traceback."""
+  try:
+    check_argv_order(argv)
+    if "--debug" not in argv:
+      check_config_argument(argv)
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:  # A bad value or an unknown flag.
+      raise FlagError(f"{e}\n(python -m rrjax.main --helpshort lists the flags)") from e
+  except FlagError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run() -> None:
   """Console-script entry point (`rrjax --config=... --workdir=...`)."""
-  check_argv_order(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from support.xla_flags import with_device_count
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "accelerator.py")
 DEVICE_FIELDS = ("device_kind", "device_count", "backend", "jax_version", "date", "dtype")
@@ -18,7 +20,7 @@ def test_quick_run_writes_every_section(tmp_path):
   # One simulated device: the quick run is about the script, not about sharding (and
   # runs faster than on the test suite's 8).
   env = dict(os.environ, RRJAX_SMOKE_DIR=str(tmp_path / "smoke"),
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=with_device_count(1))
   done = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(out),
                          "--workdir", str(tmp_path / "work")],
                         env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -20,6 +20,7 @@ import pytest
 
 from rrjax import smoke
 from rrjax.cache.store import TeacherCache
+from support.xla_flags import with_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "mask.py") + ":smoke"
@@ -40,8 +41,7 @@ def _free_port() -> int:
 def _start(workdir, log, env, devices, **distributed):
   """A `rrjax.main` process writing its output to `log` (a pipe nobody reads could fill
   up and stall a process that its peer then waits for)."""
-  env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             **distributed)
+  env = dict(env, XLA_FLAGS=with_device_count(devices), **distributed)
   with open(log, "w") as f:
     return subprocess.Popen(
         [sys.executable, "-m", "rrjax.main", f"--config={SMOKE}", f"--workdir={workdir}",
