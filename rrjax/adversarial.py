@@ -1,6 +1,6 @@
 """Adversarial attacks on float images in [0, 1], as pure, jittable JAX functions.
 
-Two attacks, both on batches `[B, H, W, C]`, both per example (each example has its
+Three attacks, all on batches `[B, H, W, C]`, all per example (each example has its
 own perturbation delta, its own ball ||delta|| <= eps around its clean image, and the
 result is always clipped to [0, 1]):
 
@@ -25,11 +25,17 @@ result is always clipped to [0, 1]):
       it returns the adversarial images and, per example, whether the prediction is
       still correct on every point the attack visited (the clean image included).
 
+  apgd_targeted(logits_fn, images, labels, key, eps=, steps=, num_targets=, norm=)
+      AutoAttack's APGD-T: APGD on the targeted DLR loss, one run per target class
+      (the `num_targets` highest non-true classes of the clean logits), the same
+      return convention; an example is fooled when any run fooled it. With `apgd` on
+      cross-entropy it makes the attack pair of RobustBench and FARE's zero-shot tables.
+
 The gradient of an attack is that of the SUM of the per-example losses, so as long as
 `loss_fn`'s i-th value depends only on the i-th image (a model in inference mode:
 no batch statistics) each example is attacked independently of the others, and a
 batch sharded over a device mesh gives the same perturbations as on one device.
-`steps` (and `norm`, `loss`) are static; `eps`, `step_size` and `rho` may be traced.
+`steps` (and `norm`, `loss`, `num_targets`) are static; `eps`, `step_size` and `rho` may be traced.
 """
 
 from __future__ import annotations
@@ -186,6 +192,26 @@ def _apgd_loss(kind: str):
   return dlr_loss
 
 
+def targeted_dlr_loss(logits: jax.Array, labels: jax.Array,
+                      targets: jax.Array) -> jax.Array:
+  """Croce & Hein's targeted DLR loss, per example (higher = closer to the target):
+
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)
+
+  for true class y, target t and z_pi1 >= z_pi2 >= ... the sorted logits
+  (fra31/auto-attack `APGDAttack_targeted.dlr_loss_targeted`). Needs at least 4 classes.
+  """
+  if logits.shape[-1] < 4:
+    raise ValueError(
+        f"the targeted DLR loss needs at least 4 classes (it divides by z_pi1 - (z_pi3 + "
+        f"z_pi4) / 2); got logits of shape {logits.shape}. Use apgd with loss='ce'.")
+  logits = logits.astype(jnp.float32)
+  top4 = jax.lax.top_k(logits, 4)[0]
+  correct = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+  target = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+  return -(correct - target) / (top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + 1e-12)
+
+
 def apgd_checkpoints(steps: int) -> np.ndarray:
   """`[steps]` ints: at iteration i (0-based), the length of the window that ends there
   when i is a checkpoint, else 0. Croce & Hein's p_j, in fra31/auto-attack's integers:
@@ -237,11 +263,83 @@ def apgd(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
   if loss not in APGD_LOSSES:
     raise ValueError(f"loss={loss!r} is not supported by apgd; use one of {APGD_LOSSES}.")
   criterion = _apgd_loss(loss)
-  project = _project(norm)
   images = jax.lax.stop_gradient(images)
   clean_logits = logits_fn(images)
   if loss == "dlr":
     criterion(clean_logits, labels)  # Raises at trace time for fewer than 3 classes.
+  clean_correct = jnp.argmax(clean_logits, -1) == labels
+  adversarial, robust = _apgd_run(logits_fn, criterion, images, labels, clean_correct, key,
+                                  eps=eps, steps=steps, norm=norm, rho=rho)
+  return jax.lax.stop_gradient(adversarial), robust
+
+
+def apgd_targeted(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
+                  labels: jax.Array, key: jax.Array, *, eps, steps: int = 100,
+                  num_targets: int = 9, norm: str = "linf",
+                  rho=0.75) -> tuple[jax.Array, jax.Array]:
+  """APGD-T (Croce & Hein 2020; AutoAttack's "apgd-t", fra31/auto-attack
+  `APGDAttack_targeted` with one restart): `apgd` on `targeted_dlr_loss`, once for each
+  of the `num_targets` classes other than the true one with the highest clean logits
+  (highest first), each run from its own random start (`fold_in(key, r)` for run r).
+
+  As in AutoAttack, an example misclassified on its clean image is not attacked (it
+  keeps its clean image), and an example fooled by a run is not attacked by the later
+  ones: it keeps that run's adversarial image. Once every example of the batch is
+  fooled, the remaining runs are skipped (their cost too).
+
+  Args:
+    logits_fn, images, labels, key, eps, steps, norm, rho: as for `apgd`; K >= 4 classes.
+    num_targets: the number of target classes, static, at most K - 1 (AutoAttack: 9).
+
+  Returns:
+    `(adversarial, robust)` as for `apgd`: `robust` is True where the prediction stayed
+    correct on the clean image and on every point of every run; `adversarial` is, where
+    not robust, the clean image (misclassified clean) or the first fooling run's last
+    misclassified point, and where robust the highest-loss point of the last run.
+  """
+  _check(images, norm, steps)
+  images = jax.lax.stop_gradient(images)
+  clean_logits = logits_fn(images).astype(jnp.float32)
+  num_classes = clean_logits.shape[-1]
+  if num_classes < 4:
+    raise ValueError(
+        f"apgd_targeted needs at least 4 classes (the targeted DLR loss); got logits of "
+        f"shape {clean_logits.shape}. Use apgd with loss='ce' alone, as AutoAttack does.")
+  if (isinstance(num_targets, bool) or not isinstance(num_targets, (int, np.integer))
+      or not 1 <= num_targets <= num_classes - 1):
+    raise ValueError(
+        f"num_targets={num_targets!r} must be a static integer from 1 to the number of "
+        f"classes - 1 = {num_classes - 1}.")
+  others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf, clean_logits)
+  targets = jax.lax.top_k(others, num_targets)[1]  # [B, num_targets], highest first.
+
+  def attack_target(carry, run):
+    adversarial, robust = carry
+
+    def attack():
+      def criterion(logits, labels):
+        return targeted_dlr_loss(logits, labels, targets[:, run])
+
+      # `robust` as the clean correctness: an example fooled by an earlier run is
+      # already decided, whatever this run does.
+      run_adversarial, run_robust = _apgd_run(
+          logits_fn, criterion, images, labels, robust, jax.random.fold_in(key, run),
+          eps=eps, steps=steps, norm=norm, rho=rho)
+      return jnp.where(_per_example(robust), run_adversarial, adversarial), run_robust
+
+    return jax.lax.cond(jnp.any(robust), attack, lambda: carry), None
+
+  clean_correct = jnp.argmax(clean_logits, -1) == labels
+  (adversarial, robust), _ = jax.lax.scan(attack_target, (images, clean_correct),
+                                          jnp.arange(num_targets))
+  return jax.lax.stop_gradient(adversarial), robust
+
+
+def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,
+              steps: int, norm: str, rho) -> tuple[jax.Array, jax.Array]:
+  """One APGD run on the per-example loss `criterion(logits, labels) -> [B]`: `apgd`'s
+  algorithm and return convention, with `clean_correct` the clean images' correctness."""
+  project = _project(norm)
 
   def value_and_grad(x):
     def total(x):
@@ -259,7 +357,6 @@ def apgd(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
     start = _ascent_direction(jax.random.normal(key, images.shape, images.dtype), "l2")
   adv = project(images + eps * start, images, eps)
   values, correct, grad = value_and_grad(adv)
-  clean_correct = jnp.argmax(clean_logits, -1) == labels
   batch = images.shape[0]
   # loss_history[0] is the start's loss, loss_history[i + 1] the loss after step i: the
   # oscillation test counts increases f(x_{k+1}) > f(x_k) over a window.
@@ -309,5 +406,4 @@ def apgd(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
         halved_at_check=jnp.where(checkpoint, halve, s["halved_at_check"]))
 
   s = jax.lax.fori_loop(0, steps, iteration, state)
-  adversarial = jnp.where(_per_example(s["robust"]), s["best"], s["last_wrong"])
-  return jax.lax.stop_gradient(adversarial), s["robust"]
+  return jnp.where(_per_example(s["robust"]), s["best"], s["last_wrong"]), s["robust"]

@@ -293,3 +293,163 @@ def test_apgd_robust_accuracy_equals_the_closed_form_on_a_linear_classifier(loss
   # The returned images of fooled examples are misclassified, the others are not.
   still_correct = np.asarray(jnp.argmax(linear_logits(adv), -1) == labels)
   np.testing.assert_array_equal(still_correct, expected)
+
+
+# APGD-T on a linear classifier whose last two classes have large weights and low
+# biases: rarely a top class, but often the easiest to reach. Some examples are then
+# fooled only towards a class outside the two highest non-true ones, which tells the
+# target choice (and num_targets) apart. The closed form of the robust margin is as above,
+# restricted to the attacked targets; eps 0.015 on images in [0.3, 0.7] keeps the box
+# from binding.
+TARGETED_CLASSES = 6
+_TARGETED = np.random.default_rng(0)
+TARGETED_WEIGHTS = (_TARGETED.normal(size=(PIXELS, TARGETED_CLASSES))
+                    * np.array([1, 1, 1, 1, 6, 6])).astype(np.float32)
+TARGETED_BIAS = (-0.5 * TARGETED_WEIGHTS.sum(0) - np.array([0, 0, 0, 0, 1, 1])).astype(
+    np.float32)
+TARGETED_EPS = 0.015
+TARGETED_STEPS = 50
+
+
+def targeted_linear_logits(images):
+  return images.reshape(images.shape[0], -1) @ TARGETED_WEIGHTS + TARGETED_BIAS
+
+
+def closed_form_targeted_margins(images, labels, num_targets):
+  """Per example, the smallest linf-reachable margin z_y - z_t over the `num_targets`
+  classes t != y of highest clean logit (negative: a targeted run can fool it)."""
+  x = np.asarray(images, np.float64).reshape(len(images), -1)
+  logits = x @ TARGETED_WEIGHTS + TARGETED_BIAS
+  rows = np.arange(len(x))
+  margins = logits[rows, labels][:, None] - logits
+  differences = TARGETED_WEIGHTS.T[labels][:, None, :] - TARGETED_WEIGHTS.T[None, :, :]
+  reachable = margins - TARGETED_EPS * np.abs(differences).sum(-1)
+  others = logits.copy()
+  others[rows, labels] = -np.inf
+  targets = np.argsort(-others, axis=1, kind="stable")[:, :num_targets]
+  return np.take_along_axis(reachable, targets, axis=1).min(axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _targeted_set():
+  """32 examples, each decided with a clearance of 0.3 in margin: 11 robust to every
+  target (the first relabelled, so misclassified clean), 10 fooled towards one of the
+  two highest non-true classes, 11 fooled only towards a lower one."""
+  rng = np.random.default_rng(11)
+  candidates = rng.uniform(0.3, 0.7, size=(4000,) + SHAPE[1:]).astype(np.float32)
+  labels = np.argmax(targeted_linear_logits(candidates), -1)
+  top2 = closed_form_targeted_margins(candidates, labels, 2)
+  every = closed_form_targeted_margins(candidates, labels, TARGETED_CLASSES - 1)
+  chosen = np.concatenate([np.nonzero((top2 > 0.3) & (every > 0.3))[0][:11],
+                           np.nonzero(top2 < -0.3)[0][:10],
+                           np.nonzero((top2 > 0.3) & (every < -0.3))[0][:11]])
+  assert len(chosen) == 32
+  images, labels = candidates[chosen], labels[chosen]
+  labels[0] = (labels[0] + 1) % TARGETED_CLASSES
+  return images, labels
+
+
+def _expected_robust(num_targets):
+  images, labels = _targeted_set()
+  expected = closed_form_targeted_margins(images, labels, num_targets) > 0
+  expected[0] = False
+  return expected
+
+
+@functools.lru_cache(maxsize=None)
+def _apgd_targeted_run(num_targets, num_devices):
+  """(adversarial, robust) of APGD-T on the targeted set, its batch sharded over the
+  first `num_devices` devices."""
+  images, labels = _targeted_set()
+  mesh = sharding.make_mesh(jax.devices()[:num_devices])
+  attack = jax.jit(functools.partial(
+      adversarial.apgd_targeted, targeted_linear_logits, steps=TARGETED_STEPS,
+      num_targets=num_targets))
+  adv, robust = attack(*sharding.shard_batch((images, labels), mesh), jax.random.key(13),
+                       eps=TARGETED_EPS)
+  assert len(adv.sharding.device_set) == num_devices
+  return np.asarray(adv), np.asarray(robust)
+
+
+@pytest.mark.parametrize("num_targets,num_devices",
+                         [(2, 1), (TARGETED_CLASSES - 1, 1), (TARGETED_CLASSES - 1, 8)])
+def test_apgd_targeted_robust_accuracy_equals_the_closed_form(num_targets, num_devices):
+  images, labels = _targeted_set()
+  adv, robust = _apgd_targeted_run(num_targets, num_devices)
+  expected = _expected_robust(num_targets)
+  np.testing.assert_array_equal(robust, expected)
+  # 11 robust examples less the misclassified one, plus, with only two targets, the
+  # 11 fooled only towards a lower class.
+  assert int(robust.sum()) == (21 if num_targets == 2 else 10)
+
+  assert adv.dtype == images.dtype and adv.shape == images.shape
+  assert np.abs(deltas(adv, images)).max() <= TARGETED_EPS + 1e-6
+  still_correct = np.argmax(targeted_linear_logits(adv), -1) == labels
+  np.testing.assert_array_equal(still_correct, expected)
+  # The example misclassified clean is not attacked: it keeps its clean image.
+  np.testing.assert_array_equal(adv[0], images[0])
+
+
+def test_apgd_targeted_keeps_the_first_fooling_run_and_shards_like_one_device():
+  """Runs 0 and 1 of five targets are those of two targets (same targets, same keys):
+  an example they fool keeps their image whatever the later runs do. The tolerance:
+  identical arithmetic, up to XLA choosing other kernels for other programs or shards
+  (float32 rounding of the 48-term logits, far below a pixel step of eps / 8)."""
+  fooled_early = ~_apgd_targeted_run(2, 1)[1]
+  np.testing.assert_allclose(_apgd_targeted_run(TARGETED_CLASSES - 1, 1)[0][fooled_early],
+                             _apgd_targeted_run(2, 1)[0][fooled_early], atol=1e-6)
+  np.testing.assert_allclose(_apgd_targeted_run(TARGETED_CLASSES - 1, 8)[0],
+                             _apgd_targeted_run(TARGETED_CLASSES - 1, 1)[0], atol=1e-6)
+
+
+def test_apgd_targeted_stops_once_the_batch_is_fooled():
+  """A batch misclassified clean is never attacked: the model runs once, on the clean
+  images, and every image comes back unchanged."""
+  images, labels = _targeted_set()
+  calls = []
+
+  def counted_logits(x):
+    jax.debug.callback(lambda: calls.append(1))
+    return targeted_linear_logits(x)
+
+  wrong = (labels + 1) % TARGETED_CLASSES
+  adv, robust = jax.jit(functools.partial(adversarial.apgd_targeted, counted_logits,
+                                          steps=1, num_targets=3))(
+      images, wrong, jax.random.key(0), eps=TARGETED_EPS)
+  jax.effects_barrier()
+  assert len(calls) == 1
+  assert not np.asarray(robust).any()
+  np.testing.assert_array_equal(adv, images)
+
+
+def _numpy_targeted_dlr(logits, labels, targets):
+  rows = np.arange(len(logits))
+  ordered = np.sort(logits, axis=1)[:, ::-1]
+  return -(logits[rows, labels] - logits[rows, targets]) / (
+      ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+
+
+def test_targeted_dlr_loss_follows_its_definition():
+  logits = np.random.default_rng(14).normal(size=(16, 7)).astype(np.float32)
+  labels = np.arange(16) % 7
+  targets = (labels + 1 + np.arange(16) % 6) % 7
+  # float32 logits of size ~1: the ratio is accurate to a few ulps.
+  np.testing.assert_allclose(
+      adversarial.targeted_dlr_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                    jnp.asarray(targets)),
+      _numpy_targeted_dlr(logits.astype(np.float64), labels, targets), rtol=1e-5, atol=1e-6)
+  # Sorted logits 4 > 3 > 2 > 1 > 0: label 4, target 2: -(4 - 2) / (4 - (2 + 1) / 2).
+  np.testing.assert_allclose(
+      adversarial.targeted_dlr_loss(jnp.asarray([[0.0, 1, 2, 3, 4]]), jnp.asarray([4]),
+                                    jnp.asarray([2])), [-2 / 2.5])
+
+
+def test_apgd_targeted_refuses_too_few_classes_or_too_many_targets():
+  images = _images()
+  with pytest.raises(ValueError, match="4 classes"):
+    adversarial.apgd_targeted(lambda x: x.reshape(len(x), -1)[:, :3], images,
+                              jnp.zeros(8, int), jax.random.key(0), eps=0.1, steps=1)
+  with pytest.raises(ValueError, match="num_targets"):
+    adversarial.apgd_targeted(lambda x: x.reshape(len(x), -1)[:, :5], images,
+                              jnp.zeros(8, int), jax.random.key(0), eps=0.1, steps=1,
+                              num_targets=5)
