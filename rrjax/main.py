@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shlex
 import sys
 
 from absl import app, flags
@@ -65,6 +66,11 @@ def write_run_info(config, workdir: str) -> None:
     json.dump(library_versions(), f, indent=2)
 
 
+def resume_command() -> str:
+  """The command this process runs, to be run again (it resumes where this one stopped)."""
+  return shlex.join(["python", "-m", "rrjax.main", *sys.argv[1:]])
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -79,7 +85,7 @@ def main(argv) -> None:
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "RRJAX_COMPILATION_CACHE",
         os.path.join(os.path.expanduser("~"), ".cache", "rrjax", "xla")))
-  from rrjax import preflight, stages
+  from rrjax import preemption, preflight, stages
   config, workdir = _CONFIG.value, _WORKDIR.value
   log_path = console.setup(workdir, flags.FLAGS.verbosity)
   try:
@@ -92,6 +98,9 @@ def main(argv) -> None:
     logging.info("rrjax: %d processes, %d devices; workdir %s", jax.process_count(),
                  jax.device_count(), workdir)
     summaries = stages.run_stages(config, workdir)
+  except preemption.Stopped as e:
+    console.say(f"rrjax: {e}; resume with the same command: {resume_command()}")
+    sys.exit(128 + e.signum)
   except (preflight.PreflightError, ValueError, FileNotFoundError) as e:
     if _DEBUG.value:
       raise

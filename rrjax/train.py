@@ -10,9 +10,12 @@ parameters of an uninterrupted run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from typing import Any, Callable
@@ -24,7 +27,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from rrjax import console, sharding
+from jax.experimental import multihost_utils
+
+from rrjax import console, preemption, sharding
 from rrjax import writers as writers_lib
 
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
@@ -138,6 +143,58 @@ def _restore(manager: ocp.CheckpointManager, step: int, like: TrainState, *,
   return restored.state, restored.get("loader")
 
 
+def _all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process (each process may read other shards)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _resume(manager: ocp.CheckpointManager, like: TrainState, name: str):
+  """(step, state, loader state) of the newest checkpoint that restores; (0, None, None)
+  when there is none. A newer checkpoint that fails while an older one restores is
+  damaged (a file truncated or missing, say by a kill while the file system was still
+  writing): it moves to `checkpoints.damaged/` with a warning and the run goes on from
+  the older one. When none restores, nothing is moved and the run stops rather than
+  silently starting from step 0."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      state, loader_state = _restore(manager, step, like, with_loader=True)
+      restored = True
+    except Exception as e:  # orbax and tensorstore raise many kinds for unreadable files.
+      logging.info("%s: checkpoint %d does not restore", name, step, exc_info=True)
+      failures.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+      restored = False
+    if _all_processes_agree(restored):
+      if failures:
+        _set_aside([s for s, _ in failures], manager.directory, name, step)
+        manager.reload()
+      return step, state, loader_state
+  if failures:
+    raise ValueError(
+        f"{name}: no checkpoint in {manager.directory} restores (newest, step "
+        f"{failures[0][0]}: {failures[0][1]}); if they belong to another config, use another "
+        "--workdir; move them away to start this stage from step 0.")
+  return 0, None, None
+
+
+def _set_aside(steps: list[int], directory, name: str, resumed: int) -> None:
+  """Keeps damaged checkpoints out of the manager's way without deleting them."""
+  damaged = f"{os.fspath(directory).rstrip('/')}.damaged"
+  if jax.process_index() == 0:
+    os.makedirs(damaged, exist_ok=True)
+    for step in steps:
+      shutil.move(os.path.join(os.fspath(directory), str(step)),
+                  os.path.join(damaged, f"{step}.{int(time.time())}"))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"rrjax.train set aside {directory}")
+  logging.warning("%s: the checkpoint(s) of step %s do not restore (damaged; moved to %s, "
+                  "the error is in log.txt); resuming from step %d.", name,
+                  ", ".join(map(str, steps)), damaged, resumed)
+
+
 def load_final_state(workdir: str, like: TrainState, mesh) -> TrainState:
   """The last checkpointed state of a run in `workdir` (e.g. a student trained by another
   experiment), restored onto `mesh`; FileNotFoundError if there is none."""
@@ -202,6 +259,12 @@ class _Prefetcher:
   def close(self) -> None:
     self._stop.set()
     self._thread.join()
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: TrainState,
+          loader_state: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader_state)))
 
 
 def _step_flops(compiled) -> float | None:
@@ -284,18 +347,24 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   # A copy: the step donates its input state, and the caller may still hold this one.
   state = sharding.place_state(jax.tree.map(jnp.copy, state), mesh, shard_params)
   frozen = sharding.replicate(frozen, mesh)
-  resumed_from = manager.latest_step() or 0
+  resumed_from, restored, loader_state = _resume(manager, state, name)
   if resumed_from:
-    state, loader_state = _restore(manager, resumed_from, state, with_loader=True)
+    state = restored
     loader.set_state(loader_state)
     console.say(f"{name}: resumed from step {resumed_from} in {ckpt_dir}")
 
+  def step_and_stop(s, b, k, f, stop):
+    # Whether any process was asked to stop rides along with the step, so every process
+    # reads the same answer after the same step, without a collective of its own.
+    return (*train_step(s, b, k, f, loss_fn=loss_fn, dynamic_loss_scale=dynamic_loss_scale),
+            jnp.any(stop))
+
   step_fn = jax.jit(
-      lambda s, b, k, f: train_step(s, b, k, f, loss_fn=loss_fn,
-                                    dynamic_loss_scale=dynamic_loss_scale),
-      out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated),
+      step_and_stop,
+      out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated, replicated),
       donate_argnums=0)
   key = sharding.replicate(key, mesh)
+  local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
   # On CPU devices, two programs with collectives running together can deadlock XLA's
   # in-process rendezvous: one step in flight there. Accelerators queue a few steps, so
   # dispatch overlaps compute, while the batches they hold on device stay bounded.
@@ -304,48 +373,60 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   start = time.perf_counter()
   progress = writers_lib.Progress(name, total=num_steps, initial=resumed_from)
   host_metrics: dict[str, float] = {}
-  prefetcher = _Prefetcher(loader, num_steps - resumed_from,
-                           lambda batch: sharding.shard_batch(prepare_batch(batch), mesh))
   compiled, step_flops, window, tracing = None, None, None, False
-  step = resumed_from
-  try:
-    while step < num_steps:
-      wait_start = time.perf_counter()
-      batch, loader_state = prefetcher.get()
-      if compiled is None:
-        compiled = step_fn.lower(state, batch, key, frozen).compile()
-        step_flops = _step_flops(compiled)
-        window = _Window(step + 1)  # Opened after compiling: windows time the loop alone.
-      else:
-        window.input_wait += time.perf_counter() - wait_start
-      if len(window.metrics) >= steps_in_flight:
-        jax.block_until_ready(window.metrics[-steps_in_flight])
-      if profile_steps and step == profile_steps[0]:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
-        tracing = True
-      state, metrics = compiled(state, batch, key, frozen)
-      step += 1
-      window.metrics.append(metrics)
-      window.images += jax.tree.leaves(batch)[0].shape[0]
-      if tracing and step == profile_steps[1]:
-        jax.block_until_ready(metrics)
+  stop_flags: collections.deque = collections.deque()  # Of the steps in flight, oldest first.
+  step, stopped = resumed_from, False
+  with preemption.stop_signals_deferred():
+    # Deferred before the first read: the loader may take a while, and a signal then too
+    # must stop the loop, not the process.
+    prefetcher = _Prefetcher(loader, num_steps - resumed_from,
+                             lambda batch: sharding.shard_batch(prepare_batch(batch), mesh))
+    try:
+      while step < num_steps:
+        wait_start = time.perf_counter()
+        batch, next_loader_state = prefetcher.get()
+        stop = sharding.shard_batch(np.full(local_devices, preemption.requested() is not None),
+                                    mesh)
+        if compiled is None:
+          compiled = step_fn.lower(state, batch, key, frozen, stop).compile()
+          step_flops = _step_flops(compiled)
+          window = _Window(step + 1)  # Opened after compiling: windows time the loop alone.
+        else:
+          window.input_wait += time.perf_counter() - wait_start
+        if len(stop_flags) >= steps_in_flight and bool(stop_flags.popleft()):
+          stopped = True  # Waited for the oldest step in flight; this batch is not used.
+          break
+        if profile_steps and step == profile_steps[0]:
+          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+          tracing = True
+        state, metrics, stop_any = compiled(state, batch, key, frozen, stop)
+        loader_state = next_loader_state
+        step += 1
+        stop_flags.append(stop_any)
+        window.metrics.append(metrics)
+        window.images += jax.tree.leaves(batch)[0].shape[0]
+        if tracing and step == profile_steps[1]:
+          jax.block_until_ready(metrics)
+          jax.profiler.stop_trace()
+          tracing = False
+        progress.update(step)
+        if step % log_every == 0 or step == num_steps or step % checkpoint_every == 0:
+          host_metrics = window.close(step_flops, peak_flops, ckpt_dir)
+          writer.write_scalars(step, {f"{name}/{k}": v for k, v in host_metrics.items()})
+          progress.set_postfix(host_metrics)
+          window = _Window(step + 1)
+        if step % checkpoint_every == 0 or step == num_steps:
+          _save(manager, step, state, loader_state)
+      if stopped and step > resumed_from and manager.latest_step() != step:
+        _save(manager, step, state, loader_state)
+    finally:
+      prefetcher.close()
+      if tracing:
         jax.profiler.stop_trace()
-        tracing = False
-      progress.update(step)
-      if step % log_every == 0 or step == num_steps or step % checkpoint_every == 0:
-        host_metrics = window.close(step_flops, peak_flops, ckpt_dir)
-        writer.write_scalars(step, {f"{name}/{k}": v for k, v in host_metrics.items()})
-        progress.set_postfix(host_metrics)
-        window = _Window(step + 1)
-      if step % checkpoint_every == 0 or step == num_steps:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader_state)))
-  finally:
-    prefetcher.close()
-    if tracing:
-      jax.profiler.stop_trace()
-    manager.wait_until_finished()
-    manager.close()
-    progress.close()
+      manager.wait_until_finished()
+      manager.close()
+      progress.close()
+  if stopped:
+    preemption.stop(f"{name} saved step {step} of {num_steps} in {ckpt_dir}")
   return FitResult(state=state, last_metrics=host_metrics,
                    seconds=time.perf_counter() - start, resumed_from=resumed_from)

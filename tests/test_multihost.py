@@ -8,6 +8,7 @@ stand-ins for python, srun/scontrol and gcloud that record what they were asked 
 
 import json
 import os
+import pathlib
 import socket
 import stat
 import subprocess
@@ -192,6 +193,8 @@ def test_local_gpus_script(fake_python):
 
 
 def test_slurm_script(fake_python, tmp_path):
+  # SIGTERM to every task before the time limit, so that rrjax checkpoints and stops.
+  assert "\n#SBATCH --signal=TERM@" in (pathlib.Path(REPO) / "launch" / "slurm.sbatch").read_text()
   python, calls = fake_python
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()

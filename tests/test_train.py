@@ -2,6 +2,8 @@
 resume from a checkpoint == uninterrupted run."""
 
 import json
+import os
+import signal
 
 import flax.linen as nn
 import jax
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rrjax import objectives, operators, sharding, train
+from rrjax import objectives, operators, preemption, sharding, train
 from rrjax import writers as writers_lib
 
 
@@ -205,3 +207,71 @@ def test_logged_metrics_are_window_means_with_throughput_and_input_wait(setup, t
   assert windowed.last_metrics["loss"] == records[-1]["tiny/loss"]
   for got, want in zip(jax.tree.leaves(windowed.state), jax.tree.leaves(every_step.state)):
     np.testing.assert_array_equal(got, want)
+
+
+class SignallingLoader(ListLoader):
+  """Sends this process `signum` when it reads batch `at` (from the prefetch thread, as
+  a cluster's SIGTERM would arrive at any moment)."""
+
+  def __init__(self, batches, at, signum=signal.SIGTERM):
+    super().__init__(batches)
+    self.at, self.signum = at, signum
+
+  def __iter__(self):
+    for batch in super().__iter__():
+      if self.position == self.at:
+        os.kill(os.getpid(), self.signum)
+      yield batch
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_the_step_and_the_rerun_equals_an_uninterrupted_run(
+    setup, tmp_path, signum):
+  loss_fn, state = setup
+  batches = _batches(5)
+  run = lambda loader, directory: train.fit(
+      state=state, loss_fn=loss_fn, loader=loader, num_steps=8, mesh=sharding.make_mesh(),
+      key=jax.random.key(3), workdir=str(directory), checkpoint_every=100, log_every=1)
+  full = run(ListLoader(batches), tmp_path / "full")
+  previous = signal.getsignal(signum)
+  with pytest.raises(preemption.Stopped, match=f"stopped by {signum.name}; train saved step"):
+    run(SignallingLoader(batches, at=3, signum=signum), tmp_path / "stopped")
+  assert signal.getsignal(signum) is previous  # The usual handling is back.
+  [saved] = [int(p.name) for p in (tmp_path / "stopped" / "checkpoints").iterdir()]
+  assert 1 <= saved < 8  # The step in flight (the signal came with batch 3 prefetched).
+  resumed = run(ListLoader(batches), tmp_path / "stopped")
+  assert resumed.resumed_from == saved
+  for got, want in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(full.state)):
+    np.testing.assert_array_equal(got, want)
+
+
+def _damage(checkpoint, how):
+  """Truncates the array data of a checkpoint's state (OCDBT's merged `state/d/` file, which
+  restoring reads), or deletes it."""
+  largest = max((checkpoint / "state" / "d").iterdir(), key=lambda p: p.stat().st_size)
+  if how == "truncated":
+    largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+  else:
+    largest.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(setup, tmp_path, how, caplog):
+  loss_fn, state = setup
+  batches = _batches(5)
+  full = _fit(state, loss_fn, tmp_path, ListLoader(batches))  # Checkpoints 2, 4 and 6.
+  _damage(tmp_path / "checkpoints" / "6", how)
+  with caplog.at_level("WARNING"):
+    resumed = _fit(state, loss_fn, tmp_path, ListLoader(batches))
+  assert resumed.resumed_from == 4
+  assert "step 6 do not restore" in caplog.text and "resuming from step 4" in caplog.text
+  [kept] = (tmp_path / "checkpoints.damaged").iterdir()  # Set aside, not deleted.
+  assert kept.name.startswith("6.")
+  for got, want in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(full.state)):
+    np.testing.assert_array_equal(got, want)
+  # When no checkpoint restores, the run stops instead of starting from step 0.
+  for step in ("2", "4", "6"):
+    _damage(tmp_path / "checkpoints" / step, how)
+  with pytest.raises(ValueError, match="no checkpoint in .* restores"):
+    _fit(state, loss_fn, tmp_path, ListLoader(batches))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4", "6"]

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rrjax import sharding
+from rrjax import preemption, sharding
 from rrjax.cache import store
 from rrjax.data.workers import ViewCutter
 
@@ -157,10 +157,13 @@ def build_cache(teacher, source, path: str, *, view_spec, views: Sequence[int], 
   writer = _ChunkWriter(kvstore, array, storage_dtype, num_examples, chunk_rows)
   forward = TeacherForward(teacher, mesh) if forward is None else forward
   num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-  with ViewCutter(source, view_spec, seed, num_workers) as cutter:
+  with ViewCutter(source, view_spec, seed, num_workers) as cutter, \
+      preemption.stop_signals_deferred():
     images_computed = _run(cutter, forward, writer, todo, views=views,
                            batch_size=batch_size, prefetch=prefetch, dim=teacher.dim)
-  writer.drain()
+    writer.drain()
+    if preemption.requested():
+      preemption.stop(f"the teacher cache keeps its finished chunks in {path}")
   seconds = time.perf_counter() - start
   if wait_for_all:
     multihost_utils.sync_global_devices(f"rrjax.cache.build_cache {path}")
@@ -307,6 +310,8 @@ def _run(cutter: ViewCutter, forward: TeacherForward, writer: _ChunkWriter, todo
           stop - start, len(views), dim))
 
   for chunk, num_batches, rows, pending in _prefetched(host_batches(), prefetch):
+    if preemption.requested():
+      break  # Chunks already complete are written below; the one in progress is redone.
     batch = cutter.collect(pending)
     if not np.array_equal(batch["id"], rows):
       raise ValueError("the source's example ids are not its row numbers; the cache "

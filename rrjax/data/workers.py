@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import threading
 import time
 import weakref
 from multiprocessing import shared_memory
@@ -39,6 +40,8 @@ from rrjax.data.views import ViewSpec
 _PRELOAD = [__name__]
 # Each worker's source, view spec, seed and attached shared buffers (`_start_worker`).
 _WORKER: dict[str, Any] = {}
+# How often a worker checks that the process it works for still runs.
+_OWNER_CHECK_SECONDS = 0.5
 
 
 def example_view(source, index: int, view: ViewSpec, *, seed: int,
@@ -65,8 +68,35 @@ def example_views(source, index: int, view: ViewSpec, *, seed: int,
   return images, example["label"], example["id"]
 
 
-def _start_worker(source, view: ViewSpec, seed: int) -> None:
+def _start_worker(source, view: ViewSpec, seed: int, owner_pid: int) -> None:
   _WORKER.update(source=source, view=view, seed=seed, buffers={})
+  threading.Thread(target=_exit_without_owner, args=(owner_pid,), daemon=True,
+                   name="rrjax-owner-watch").start()
+
+
+def _exit_without_owner(owner_pid: int) -> None:
+  """Ends this worker within a second of the process it cuts views for. A SIGKILLed or
+  OOM-killed owner runs no cleanup, and a pool worker holds both ends of its task pipe,
+  so it would wait for tasks forever, keeping the forkserver, the resource tracker and
+  (through the tracker) the batch buffers' shared memory alive. Once every worker is
+  gone, the forkserver exits and the tracker unlinks the owner's shared memory."""
+  while _is_running(owner_pid):
+    time.sleep(_OWNER_CHECK_SECONDS)
+  os._exit(0)
+
+
+def _is_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  try:  # Linux: a killed process stays a zombie until its parent reaps it.
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return True
 
 
 def _worker_buffer(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -136,7 +166,7 @@ class ViewCutter:
       context.set_forkserver_preload(_PRELOAD)
       self._pool = concurrent.futures.ProcessPoolExecutor(
           num_workers, mp_context=context, initializer=_start_worker,
-          initargs=(source, view, seed))
+          initargs=(source, view, seed, os.getpid()))
     # Workers and shared memory are released even when nobody calls close().
     self._release = weakref.finalize(self, _release, self._pool, self._all)
 
