@@ -1,0 +1,208 @@
+"""`python -m rrjax.benchmark`: two models (a tiny random CLIP in the open_clip layout and an
+rrjax smoke workdir) on three tfds datasets under their real builder names (mock data),
+clean, one corruption and APGD at eps 2/255, end to end through the CLI: records, table,
+plot, resume; the metrics, the preprocessing and the flag parsing against independent
+references; bad input refused in a few lines with exit status 2.
+
+The end-to-end run is a subprocess (tfds mock data entered there) on 2 devices at XLA's
+lowest backend optimisation level: its compiles are most of its time. The three datasets
+all have 10 classes, so each model compiles each condition once.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+from rrjax import config as config_lib, main as rrjax_main, sharding, stages
+from rrjax.benchmark import __main__ as cli, datasets, records
+from rrjax.data import synthetic
+from rrjax.models import clip
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "mask.py") + ":smoke"
+DATASETS = ("cifar10", "eurosat", "stl10")
+NUM_EXAMPLES = 6
+ATTACK = "apgd-ce+apgd-t linf eps=2/255 steps=1"
+CONDITIONS = ("clean", ATTACK, "mask p=0.5")
+_SCRIPT = """
+import sys
+import tensorflow_datasets as tfds
+from rrjax.benchmark.__main__ import main
+with tfds.testing.mock_data(num_examples={n}, policy=tfds.testing.MockPolicy.USE_CODE):
+  main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+  return clip.create_tiny_clip(str(tmp_path_factory.mktemp("tiny_clip")), image_size=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A finished smoke run: the tiny ModifiedResNet teacher and its CLIP student, one epoch
+  with the online teacher, student stage only."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("RRJAX_SMOKE_DIR", str(tmp_path_factory.mktemp("smoke")))
+    config = config_lib.load_config(SMOKE)
+  config.unlock()
+  config.teacher.mode, config.stages, config.num_epochs = "online", ("student",), 1
+  config.checkpoint_every_steps = 100
+  path = str(tmp_path_factory.mktemp("run"))
+  rrjax_main.write_run_info(config, path)
+  stages.run_stages(config, path, mesh=sharding.make_mesh(jax.devices()[:1]))
+  return path
+
+
+def _benchmark(out, *models, extra=()):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [REPO, *filter(None, [os.environ.get("PYTHONPATH")])]), XLA_FLAGS=" ".join([
+      os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", ""),
+      "--xla_force_host_platform_device_count=2", "--xla_backend_optimization_level=0"]))
+  command = [sys.executable, "-c", _SCRIPT.format(n=NUM_EXAMPLES),
+             *[f"--model={m}" for m in models], f"--datasets={','.join(DATASETS)}",
+             "--attack=apgd", "--eps=2", "--steps=1", "--corruptions=mask:p=0.5",
+             "--batch_size=4", f"--out={out}", *extra]
+  return subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO,
+                        timeout=600)
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory, tiny_clip, workdir):
+  out = str(tmp_path_factory.mktemp("bench"))
+  done = _benchmark(out, tiny_clip, workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return out, (tiny_clip, workdir), done
+
+
+def test_records_table_and_plot(benchmark):
+  out, models, _ = benchmark
+  found = records.read(out)
+  assert len(found) == len(models) * len(DATASETS) * len(CONDITIONS)
+  assert {(r["model"], r["dataset"], r["condition"]) for r in found} == {
+      (m, d, c) for m in models for d in DATASETS for c in CONDITIONS}
+  for r in found:
+    assert r["task"] == "zeroshot_classification"
+    assert set(r["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert 0 <= r["metrics"]["acc1"] <= 1 and r["num_images"] == NUM_EXAMPLES
+    # Top-5 exists for 10 classes, not under attack (only the top-1 is attacked).
+    assert (r["metrics"]["acc5"] is None) == (r["condition"] == ATTACK)
+  by_key = {(r["model"], r["dataset"], r["condition"]): r["metrics"]["acc1"] for r in found}
+  for m in models:
+    for d in DATASETS:  # An attacked image counts only if it was right clean.
+      assert by_key[m, d, ATTACK] <= by_key[m, d, "clean"]
+  lines = open(os.path.join(out, records.TABLE)).read().splitlines()
+  for condition in CONDITIONS:
+    start = lines.index(f"### {condition}")
+    assert lines[start + 2] == "| model | " + " | ".join(DATASETS) + " | average |"
+    for m, row in zip(models, lines[start + 4:start + 6]):
+      values = [by_key[m, d, condition] for d in DATASETS]
+      expected = [f"{100 * v:.1f}" for v in values] + [f"{100 * np.mean(values):.1f}"]
+      assert row == "| " + " | ".join([m, *expected]) + " |"
+  assert os.path.getsize(os.path.join(out, records.PLOT)) > 0
+  for m in models:  # One classifier per (model, dataset), kept.
+    directory = [d for d in os.listdir(os.path.join(out, "classifiers"))
+                 if d.startswith(os.path.basename(m))]
+    assert len(directory) == 1
+    assert sorted(os.listdir(os.path.join(out, "classifiers", directory[0]))) == [
+        f"{d}.npy" for d in DATASETS]
+  assert os.path.isfile(os.path.join(out, "log.txt"))
+
+
+def test_rerun_skips_finished_records(benchmark):
+  out, models, _ = benchmark
+  before = open(os.path.join(out, records.RESULTS)).read()
+  done = _benchmark(out, *models)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert open(os.path.join(out, records.RESULTS)).read() == before
+  assert "top-1" not in done.stdout  # Nothing evaluated again.
+
+
+def _reference_metrics(logits, labels):
+  """CLIP_benchmark's definitions, element by element."""
+  n, k = logits.shape
+  order = [sorted(range(k), key=lambda c: -logits[i, c]) for i in range(n)]
+  acc1 = sum(order[i][0] == labels[i] for i in range(n)) / n
+  acc5 = sum(labels[i] in order[i][:5] for i in range(n)) / n
+  recalls = []
+  for c in sorted(set(labels.tolist())):
+    members = [i for i in range(n) if labels[i] == c]
+    recalls.append(sum(order[i][0] == c for i in members) / len(members))
+  return acc1, acc5, sum(recalls) / len(recalls)
+
+
+def test_metrics_match_clip_benchmarks_definitions():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(50, 7))
+  labels = rng.choice([0, 2, 3, 6], size=50)  # Some classes absent: not in the mean.
+  found = records.logits_metrics(logits, labels)
+  # Exact: both count the same integers; the float sums differ at most in the last bit.
+  np.testing.assert_allclose([found["acc1"], found["acc5"], found["mean_per_class_recall"]],
+                             _reference_metrics(logits, labels), rtol=1e-12)
+  assert records.logits_metrics(logits[:, :4], labels % 4)["acc5"] is None
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (90, 40), (32, 32)])
+def test_preprocessing_matches_transformers_clip_processor(shape):
+  """Shorter side to 32 (bicubic, PIL), centre crop: transformers' PIL CLIP processor."""
+  from transformers import CLIPImageProcessor
+  image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, resample=3,
+                                   crop_size={"height": 32, "width": 32},
+                                   do_normalize=False, do_rescale=False)
+    reference = processor(images=image, return_tensors="np")["pixel_values"][0]
+  ours = datasets.preprocess(image, 32, "bicubic", "shortest")
+  np.testing.assert_array_equal(ours, reference.transpose(1, 2, 0))  # Same PIL calls.
+
+
+def test_corruption_specs_parse():
+  assert cli.parse_corruptions(
+      'mask:p=0.9; imagenet_c:corruption=fog,severity=3;'
+      'compose:ops=[{"kind":"mask","p":0.5},{"kind":"noise","sigma":0.1}]') == [
+          {"kind": "mask", "p": 0.9}, {"kind": "imagenet_c", "corruption": "fog", "severity": 3},
+          {"kind": "compose", "ops": [{"kind": "mask", "p": 0.5},
+                                      {"kind": "noise", "sigma": 0.1}]}]
+  assert cli.parse_eps("2,4") == [2 / 255, 4 / 255]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("folder"))
+  synthetic.make_image_folder(root, num_classes=4, per_class=2, splits=("val",), size=40, seed=0)
+  return os.path.join(root, "val")
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--datasets=no_such_set"], "--datasets"),
+    (["--model=/no/such/dir"], "--model"),
+    (["--corruptions=smudge:p=1"], "--corruptions"),
+    (["--corruptions=mask:p"], "--corruptions"),
+    (["--attack=apgd", "--eps=two"], "--eps"),
+    (["--batch_size=12"], "--batch_size"),
+    (["--bogus"], "--help"),
+])
+def test_bad_input_is_a_short_message(tmp_path, tiny_clip, folder, capsys, args, flag):
+  """Each refused in the preflight (nothing compiled): exit 2, at most 3 lines."""
+  defaults = {"--model": tiny_clip, "--datasets": folder, "--out": str(tmp_path)}
+  given = {a.split("=")[0] for a in args}
+  argv = args + [f"{k}={v}" for k, v in defaults.items() if k not in given]
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert 1 <= len(err) <= 3 and err[0].startswith("error: ") and flag in "\n".join(err)
+
+
+def test_prompts_command(capsys):
+  from rrjax.benchmark import prompts
+  cli.main(["prompts", "cifar10"])
+  printed = json.loads(capsys.readouterr().out)
+  assert (printed["classnames"], printed["templates"]) == tuple(map(list, prompts.load("cifar10")))
