@@ -17,10 +17,13 @@ import warnings
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax.traverse_util import flatten_dict
 
-from rrjax import config as config_lib, main as rrjax_main, sharding, stages
-from rrjax.benchmark import __main__ as cli, datasets, records
+from rrjax import config as config_lib, export, main as rrjax_main, sharding, stages
+from rrjax.benchmark import __main__ as cli, datasets, models, records, run
+from rrjax.teachers import clip as clip_teacher
 from rrjax.data import synthetic
 from rrjax.models import clip
 
@@ -122,6 +125,41 @@ def test_rerun_skips_finished_records(benchmark):
   assert done.returncode == 0, done.stderr[-3000:]
   assert open(os.path.join(out, records.RESULTS)).read() == before
   assert "top-1" not in done.stdout  # Nothing evaluated again.
+
+
+def _orbax_student(workdir):
+  """The final student's params, straight from the orbax checkpoint (not via rrjax)."""
+  directory = os.path.join(workdir, "student", "checkpoints")
+  last = max(int(name) for name in os.listdir(directory) if name.isdigit())
+  return ocp.PyTreeCheckpointer().restore(os.path.join(directory, str(last), "state"))["params"]
+
+
+def test_workdir_and_its_export_are_the_student_with_the_teachers_text(workdir, tmp_path):
+  config = export.read_config(workdir)
+  teacher = clip_teacher.CLIPTeacher(config.teacher.name)
+  export_dir = export.export(workdir, "rrjax", str(tmp_path / "export"))
+  student = _orbax_student(workdir)
+  prompts = ["a photo of a dog.", "a photo of a cat."]
+  reference_text = np.asarray(teacher.embed_text(prompts))
+  images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+  embeddings = []
+  for name, kind in ((workdir, "workdir"), (export_dir, "rrjax_export")):
+    ref = models.describe(name)
+    assert (ref.kind, ref.image_size, ref.interpolation) == (kind, 32, "bicubic")
+    model = models.load(ref)
+    for path, value in flatten_dict(model.image_variables["params"]).items():
+      np.testing.assert_array_equal(value, flatten_dict(student)[path])
+    # The same text tower, compiled apart: equal up to float32 rounding of its sums.
+    np.testing.assert_allclose(model.embed_text(prompts), reference_text, rtol=1e-5, atol=1e-6)
+    assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-6)  # random_variables' init.
+    embeddings.append(np.asarray(model.image_fn(model.image_variables, images)))
+    classes = np.eye(embeddings[-1].shape[1], 3, dtype=np.float32).T  # Unit rows.
+    logits = run.logits_fn(model.image_fn)(
+        {"image": model.image_variables, "text": classes, "scale": 2.0}, images)
+    unit = embeddings[-1] / np.linalg.norm(embeddings[-1], axis=1, keepdims=True)
+    # The scale times the cosine; float32 norms and products: a few ulps.
+    np.testing.assert_allclose(logits, 2.0 * unit[:, :3], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(embeddings[0], embeddings[1], rtol=1e-6, atol=1e-6)
 
 
 def _reference_metrics(logits, labels):

@@ -45,12 +45,13 @@ class ModelRef:
 
   @property
   def label(self) -> str:
-    """A short, file-name-safe name for tables and the classifier directory."""
-    base = os.path.basename(os.path.normpath(self.name)) if os.path.isdir(self.name) else (
-        self.name)
-    digest = hashlib.sha256(os.path.abspath(self.name).encode() if os.path.isdir(self.name)
-                            else self.name.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', base)}-{digest}"
+    """A file-name-safe name (the classifier directory): the hub id, or a directory's
+    base name and a hash of its absolute path (two runs' directories may share one)."""
+    if not os.path.isdir(self.name):
+      return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)
+    path = os.path.abspath(self.name)
+    digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', os.path.basename(path))}-{digest}"
 
   @property
   def interpolation(self) -> str:
@@ -99,7 +100,8 @@ def describe(name: str) -> ModelRef:
                        "tower, so the student has no zero-shot classifier.")
     text = clip.open_checkpoint(config.teacher.name, f"--model={name} (its teacher.name)")
     cfg = student_stage.model_config(config)
-    size = (clip.open_checkpoint(cfg.teacher_name).spec.vision.image_size
+    size = (clip.open_checkpoint(cfg.teacher_name, f"--model={name} (its student)")
+            .spec.vision.image_size
             if cfg.model == "clip" else int(config.data.image_size))
     return ModelRef(name, "workdir", text, size)
   checkpoint = clip.open_checkpoint(name, "--model")

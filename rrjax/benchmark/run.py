@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,10 +66,13 @@ def _budget(eps: float) -> str:
   return f"{round(eps * 255)}/255" if abs(eps * 255 - round(eps * 255)) < 1e-6 else f"{eps:g}"
 
 
-def logits_fn(model: models_lib.Model) -> Callable:
-  """`(variables {"image", "text", "scale"}, images01) -> [B, K]` zero-shot logits."""
+def logits_fn(image_fn: Callable) -> Callable:
+  """`(variables {"image", "text", "scale"}, images01) -> [B, K]` zero-shot logits: the
+  logit scale times the cosine between the image embedding and each class's text
+  embedding (the classifier's unit rows). Closes over the embedder only, so the compiled
+  functions cached on it do not keep a model's weights alive."""
   return lambda v, images01: v["scale"] * losses.l2_normalize(
-      model.image_fn(v["image"], images01)) @ v["text"].T
+      image_fn(v["image"], images01)) @ v["text"].T
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,6 +93,19 @@ def _compiled_attack(logits: Callable, steps: int, num_targets: int, replicated)
     return {"robust": robust, "label": labels, "valid": batch["valid"]}
 
   return jax.jit(run, out_shardings=replicated)
+
+
+class _Loaded(NamedTuple):
+  """A loaded model and its functions, made once per model: the same function objects
+  for every dataset and condition, so each (operator or attack, shape) compiles once."""
+  model: models_lib.Model
+  logits: Callable
+  output_fn: Callable
+
+  @classmethod
+  def of(cls, model: models_lib.Model) -> "_Loaded":
+    logits = logits_fn(model.image_fn)
+    return cls(model, logits, lambda variables, images01, batch: logits(variables, images01))
 
 
 @dataclasses.dataclass
@@ -115,17 +131,18 @@ class Benchmark:
     done = {records.key(r["model"], r["dataset"], r["condition"], r["num_images"]): r
             for r in records.read(self.out)}
     for ref in refs:
-      model = None
+      loaded = None
       for name, data in sets.items():
         todo = [c for c in self.conditions
                 if records.key(ref.name, name, c.label, self._count(c, data)) not in done]
         if not todo:
           continue
-        model = model or models_lib.load(ref)
+        loaded = loaded or _Loaded.of(models_lib.load(ref))
+        model = loaded.model
         variables = {"image": model.image_variables, "text": self._classifier(model, data),
                      "scale": jnp.float32(model.logit_scale)}
         for condition in todo:
-          rec = self._evaluate(model, data, condition, variables)
+          rec = self._evaluate(loaded, data, condition, variables)
           done[records.key(ref.name, name, condition.label, rec["num_images"])] = rec
           if jax.process_index() == 0:
             records.append(self.out, rec)
@@ -166,14 +183,15 @@ class Benchmark:
     finally:
       bar.close()
 
-  def _evaluate(self, model, data, condition: Condition, variables) -> dict[str, Any]:
-    count = self._count(condition, data)
+  def _evaluate(self, loaded: "_Loaded", data, condition: Condition,
+                variables) -> dict[str, Any]:
+    model, count = loaded.model, self._count(condition, data)
     progress = f"{data.name} {condition.label}"
     key = jax.random.fold_in(jax.random.key(self.seed), 0)
     spec = condition.spec
     if condition.is_attack:
-      labels, correct = self._attack(model, variables, self._batches(model, data, count,
-                                                                     progress), key, condition)
+      labels, correct = self._attack(loaded.logits, variables, self._batches(
+          model, data, count, progress), key, condition)
       metrics = records.classification_metrics(correct, labels, None)
       if not _num_targets(len(data.class_names)):
         logging.warning("%s has %d classes: APGD-T needs %d, so only APGD-CE ran.", data.name,
@@ -181,7 +199,7 @@ class Benchmark:
         spec = dict(spec, attacks=["apgd-ce"])
     else:
       out = evaluate.collect_outputs(
-          _output_fn(model), variables, self._batches(model, data, count, progress),
+          loaded.output_fn, variables, self._batches(model, data, count, progress),
           mesh=self.mesh, key=key, repeats=1, operator=condition.operator)
       labels = out["label"]
       metrics = records.logits_metrics(out["outputs"][0], labels)
@@ -190,9 +208,9 @@ class Benchmark:
     return records.record(model=model.ref.name, dataset=data.name, condition=condition.label,
                           spec=spec, metrics=metrics, num_images=len(labels))
 
-  def _attack(self, model, variables, batches, key, condition) -> tuple[np.ndarray, np.ndarray]:
+  def _attack(self, logits, variables, batches, key, condition) -> tuple[np.ndarray, np.ndarray]:
     num_targets = _num_targets(variables["text"].shape[0])
-    run = _compiled_attack(_logits_of(model), self.steps, num_targets,
+    run = _compiled_attack(logits, self.steps, num_targets,
                            sharding.replicated(self.mesh))
     variables, key, eps = sharding.replicate(
         (variables, key, jnp.float32(condition.eps)), self.mesh)
@@ -223,15 +241,3 @@ def _num_targets(num_classes: int) -> int:
 def _file_name(name: str) -> str:
   return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
-
-@functools.cache
-def _logits_of(model: models_lib.Model) -> Callable:
-  return logits_fn(model)
-
-
-@functools.cache
-def _output_fn(model: models_lib.Model) -> Callable:
-  """The same function object for every dataset and condition of a model, so that
-  `evaluate.collect_outputs` compiles once per (model, operator, shape)."""
-  logits = _logits_of(model)
-  return lambda variables, images01, batch: logits(variables, images01)
