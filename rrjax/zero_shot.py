@@ -47,6 +47,12 @@ def _label_names(file_name: str) -> dict[str, str]:
   return dict(line.split("\t") for line in _data_lines(file_name))
 
 
+def packaged_class_names(dataset: str) -> dict[str, str]:
+  """Raw label name -> CLIP's name, in label order, of "imagenet1k" (wnids) or one of
+  DATASETS (the `rrjax/data/<dataset>_class_names.txt` lists)."""
+  return _label_names(f"{dataset}_class_names.txt")
+
+
 def class_names(names: Sequence[str], dataset: str = "") -> list[str]:
   """Human-readable names for a data set's class list `names` (in label order).
 
