@@ -22,9 +22,17 @@ error stops L-BFGS far from the optimum). It stops when the gradient norm is at 
 `tolerance`, when STALL_ITERS iterations in a row fail to lower the lowest gradient norm
 so far (float32 can resolve no more), or after `max_iters` iterations.
 
-Choosing l2: a stratified random `holdout_fraction` of each class is held out (`seed`);
-every grid value is fitted on the rest and scored by accuracy on the held-out part; the
-best (ties go to the larger l2, the simpler model) is refitted on all training features.
+Choosing l2: a stratified random `holdout_fraction` of each class's *groups* is held out
+(`seed`), where a group is one image and its rows are that image's views (`groups`, e.g.
+the example ids): every view of an image sits on one side of the split, so the choice
+rewards what generalises to unseen images, not memorising seen ones (views of one image
+are near-duplicates). Every grid value is fitted on the rest and scored by accuracy on
+the held-out part; the best (ties go to the larger l2, the simpler model) is refitted on
+all training features. When the best sits at either end of the values tried, the search
+goes on past that end in the grid's own (logarithmic) step until the optimum is
+bracketed, as CLIP's protocol does, at most `max_extensions` steps per end;
+`LogisticProbe.bracketed` says whether it was.
+
 `LogisticProbe.params` are the parameters of `rrjax.objectives.linear_head` (a flax
 `nn.Dense`), so `objectives.probe_logits(probe.params, features, num_classes)` and the
 evaluation code that uses it apply the probe unchanged.
@@ -58,12 +66,14 @@ STALL_ITERS = 50
 @dataclasses.dataclass(frozen=True)
 class LogisticProbe:
   """A fitted probe: head `params` ({"kernel": [dim, C], "bias": [C]}, float32), the chosen
-  `l2`, its `holdout_accuracy`, every grid value's holdout accuracy and the number of
-  L-BFGS iterations of the final fit (on all training features)."""
+  `l2`, its `holdout_accuracy`, the holdout accuracy of every l2 tried (the grid and its
+  extensions), whether the chosen l2 has tried values on both sides (`bracketed`), and
+  the number of L-BFGS iterations of the final fit (on all training features)."""
   params: dict[str, np.ndarray]
   l2: float
   holdout_accuracy: float
-  holdout_accuracies: dict[float, float]  # Grid l2 -> holdout accuracy.
+  holdout_accuracies: dict[float, float]  # Every l2 tried, ascending -> holdout accuracy.
+  bracketed: bool
   iterations: int
 
   def logits(self, features) -> jax.Array:
@@ -124,26 +134,40 @@ def _num_correct(params, unit_features, labels, mask) -> jax.Array:
   return jnp.sum(mask & correct)
 
 
-def holdout_split(labels: np.ndarray, holdout_fraction: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(train indices, holdout indices), both sorted: of each class's n examples,
-  round(holdout_fraction * n) drawn at random from (seed) are held out. A class may end
-  up with no training (or no held-out) examples; an empty split is a ValueError."""
+def holdout_split(labels: np.ndarray, holdout_fraction: float, seed: int,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(train row indices, holdout row indices), both sorted. Rows come in `groups` (e.g.
+  the views of one image, grouped by its id; None: every row its own group), and whole
+  groups are held out: of each class's n groups, round(holdout_fraction * n) drawn at
+  random from (seed). A class may end up with no training (or no held-out) groups; an
+  empty split is a ValueError, and so is a group whose rows have different labels."""
   if not 0 < holdout_fraction < 1:
     raise ValueError(f"holdout_fraction={holdout_fraction} must be in (0, 1).")
   labels = np.asarray(labels)
-  holdout = subsets.stratified_sample(labels, lambda n: math.floor(holdout_fraction * n + 0.5),
-                                      np.random.default_rng([seed, 0x686F6C646F7574]))
-  train = np.setdiff1d(np.arange(len(labels)), holdout)
+  groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+  _, first_row, group_of_row = np.unique(groups, return_index=True, return_inverse=True)
+  group_labels = labels[first_row]
+  mixed = np.flatnonzero(group_labels[group_of_row] != labels)
+  if len(mixed):
+    raise ValueError(f"groups: group {groups[mixed[0]]} has rows with labels "
+                     f"{sorted(set(labels[groups == groups[mixed[0]]].tolist()))}; the rows "
+                     "of one group (one image's views) must share its label.")
+  held_groups = subsets.stratified_sample(
+      group_labels, lambda n: math.floor(holdout_fraction * n + 0.5),
+      np.random.default_rng([seed, 0x686F6C646F7574]))
+  held = np.isin(group_of_row, held_groups)
+  train, holdout = np.flatnonzero(~held), np.flatnonzero(held)
   if not len(train) or not len(holdout):
-    raise ValueError(f"holdout_fraction={holdout_fraction} splits {len(labels)} examples "
-                     f"into {len(train)} for training and {len(holdout)} held out; both "
-                     "need at least one (more examples or another fraction).")
+    raise ValueError(f"holdout_fraction={holdout_fraction} splits {len(first_row)} groups "
+                     f"({len(labels)} rows) into {len(train)} rows for training and "
+                     f"{len(holdout)} held out; both need at least one (more examples or "
+                     "another fraction).")
   return train, holdout
 
 
-def _validate(features: np.ndarray, labels: np.ndarray, num_classes: int,
-              l2_grid: Sequence[float], max_iters: int) -> None:
+def _validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None,
+              num_classes: int, l2_grid: Sequence[float], max_iters: int,
+              max_extensions: int) -> None:
   if features.ndim != 2 or not len(features) or not np.issubdtype(features.dtype,
                                                                    np.floating):
     raise ValueError(f"features must be a non-empty float array [N, dim]; got "
@@ -153,6 +177,9 @@ def _validate(features: np.ndarray, labels: np.ndarray, num_classes: int,
   if labels.shape != (len(features),) or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be integers [{len(features)}] (one per feature row); "
                      f"got {labels.dtype} {labels.shape}.")
+  if groups is not None and groups.shape != labels.shape:
+    raise ValueError(f"groups must be one id per feature row [{len(features)}]; got "
+                     f"{groups.shape}.")
   if num_classes < 2:
     raise ValueError(f"num_classes={num_classes}; a classifier needs at least 2.")
   outside = labels[(labels < 0) | (labels >= num_classes)]
@@ -164,36 +191,66 @@ def _validate(features: np.ndarray, labels: np.ndarray, num_classes: int,
                      "L2 strengths.")
   if max_iters < 1:
     raise ValueError(f"max_iters={max_iters} must be at least 1.")
+  if max_extensions < 0:
+    raise ValueError(f"max_extensions={max_extensions} must be at least 0.")
 
 
-def fit(features, labels, num_classes: int, *, l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-        holdout_fraction: float = 0.2, seed: int = 0, max_iters: int = 1000,
-        tolerance: float = 1e-6) -> LogisticProbe:
+def _best(accuracies: dict[float, float]) -> float:
+  """The l2 of the highest holdout accuracy; ties go to the larger l2 (the simpler model)."""
+  return max(accuracies, key=lambda l2: (accuracies[l2], l2))
+
+
+def fit(features, labels, num_classes: int, *, groups=None,
+        l2_grid: Sequence[float] = DEFAULT_L2_GRID, holdout_fraction: float = 0.2,
+        seed: int = 0, max_iters: int = 1000, tolerance: float = 1e-6,
+        max_extensions: int = 8) -> LogisticProbe:
   """The probe on raw features [N, dim] with integer labels [N] in [0, num_classes), its
-  L2 strength chosen from `l2_grid` on a held-out part (see the module docstring)."""
+  L2 strength chosen on held-out groups of rows (`groups` [N]: e.g. the image id of each
+  view; None: rows are independent), starting from `l2_grid` and extending it while the
+  best value sits at an end (see the module docstring)."""
   features, labels = np.asarray(features), np.asarray(labels)
-  l2_grid = [float(l2) for l2 in l2_grid]
-  _validate(features, labels, num_classes, l2_grid, max_iters)
-  train, holdout = holdout_split(labels, holdout_fraction, seed)
+  groups = None if groups is None else np.asarray(groups)
+  grid = sorted({float(l2) for l2 in l2_grid})
+  _validate(features, labels, groups, num_classes, list(l2_grid), max_iters, max_extensions)
+  train, holdout = holdout_split(labels, holdout_fraction, seed, groups)
   unit_features = losses.l2_normalize(jnp.asarray(features))
   labels_on_device = jnp.asarray(labels, jnp.int32)
   train_weights = jnp.asarray(np.isin(np.arange(len(labels)), train), jnp.float32)
   holdout_mask = jnp.asarray(np.isin(np.arange(len(labels)), holdout))
   solve = functools.partial(_minimise, unit_features=unit_features, labels=labels_on_device,
                             max_iters=max_iters, tolerance=tolerance)
+  solutions, accuracies = {}, {}
+
+  def try_l2(l2, start):
+    solutions[l2], _ = solve(start, weights=train_weights, l2=l2)
+    accuracies[l2] = int(_num_correct(solutions[l2], unit_features, labels_on_device,
+                                      holdout_mask)) / len(holdout)
 
   params = {"kernel": jnp.zeros((features.shape[1], num_classes), jnp.float32),
             "bias": jnp.zeros((num_classes,), jnp.float32)}
-  solutions, accuracies = {}, {}
   # From the strongest penalty down, each fit starting at the previous solution:
   # neighbours on the regularisation path are close, so this saves iterations.
-  for l2 in sorted(set(l2_grid), reverse=True):
-    params, _ = solve(params, weights=train_weights, l2=l2)
-    solutions[l2] = params
-    accuracies[l2] = int(_num_correct(params, unit_features, labels_on_device,
-                                      holdout_mask)) / len(holdout)
-  # max keeps the first of equals, and the dict runs from the largest l2 down.
-  best = max(accuracies, key=accuracies.get)
+  for l2 in reversed(grid):
+    try_l2(l2, params)
+    params = solutions[l2]
+  # Past an end of the grid, in the grid's own step there, each fit starting at the
+  # end's solution, until the best has a worse value beyond it on both sides.
+  if len(grid) > 1:
+    steps = {"down": grid[0] / grid[1], "up": grid[-1] / grid[-2]}
+    extended = {"down": 0, "up": 0}
+    while True:
+      best, lowest, highest = _best(accuracies), min(accuracies), max(accuracies)
+      end = "up" if best == highest else "down" if best == lowest else None
+      if end is None or extended[end] == max_extensions:
+        break
+      extended[end] += 1
+      try_l2(best * steps[end], solutions[best])
+  best = _best(accuracies)
+  bracketed = min(accuracies) < best < max(accuracies)
+  if len(grid) > 1 and not bracketed:
+    logging.warning("logistic probe: the best l2=%g is still at the end of the values tried "
+                    "(%g to %g) after %d extensions; the optimum may lie further out.",
+                    best, min(accuracies), max(accuracies), max_extensions)
   params, iterations = solve(solutions[best], weights=jnp.ones_like(train_weights), l2=best)
   iterations = int(iterations)
   if iterations >= max_iters:
@@ -201,5 +258,5 @@ def fit(features, labels, num_classes: int, *, l2_grid: Sequence[float] = DEFAUL
                     "norm reached %g.", best, max_iters, tolerance)
   return LogisticProbe(params=jax.tree.map(np.asarray, params), l2=best,
                        holdout_accuracy=accuracies[best],
-                       holdout_accuracies={l2: accuracies[l2] for l2 in l2_grid},
-                       iterations=iterations)
+                       holdout_accuracies=dict(sorted(accuracies.items())),
+                       bracketed=bracketed, iterations=iterations)

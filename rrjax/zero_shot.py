@@ -15,6 +15,11 @@ it is (CLIP paper §3.1.4, "prompt engineering and ensembling"):
   L2-normalises the mean (an ensemble in embedding space, so it costs nothing at
   inference). `templates("single")` is the one-prompt "a photo of a {}." baseline.
 
+A classifier costs len(class_names) x len(templates) text-tower passes (80,000 prompts
+for ImageNet-1k with "clip80"): `stored_classifier` builds it once per (teacher
+fingerprint, class names, templates) and keeps it in a directory (the eval stage's), so
+every evaluator of a run and every rerun reuses it.
+
 The packaged files start with `#` lines giving their provenance; the loader skips them.
 Class-name files hold `label<TAB>name` lines in the data set's label order.
 """
@@ -22,10 +27,14 @@ Class-name files hold `label<TAB>name` lines in the data set's label order.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
+import json
+import os
 import re
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 # tfds data sets whose raw label names have a CLIP class-name list in rrjax/data.
@@ -128,3 +137,24 @@ def classifier(embed_text: Callable[[list[str]], np.ndarray], class_names: Seque
     np.add.at(sums, prompt_class[start:start + count], unit)
   # Normalising the sum is normalising the mean: the 1/len(templates) cancels.
   return _unit(sums)
+
+
+def stored_classifier(directory: str, teacher_fingerprint: str,
+                      embed_text: Callable[[list[str]], np.ndarray],
+                      class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+  """`classifier(embed_text, class_names, templates)`, read from `directory` when it was
+  built before for the same teacher (`teacher_fingerprint`), names and templates, else
+  built and written there (by process 0; other processes build their own identical copy)."""
+  key = hashlib.sha256(json.dumps(
+      {"teacher": teacher_fingerprint, "class_names": list(class_names),
+       "templates": list(templates)}).encode()).hexdigest()[:32]
+  path = os.path.join(directory, f"text_classifier_{key}.npy")
+  if os.path.isfile(path):
+    return np.load(path)
+  weights = classifier(embed_text, class_names, templates)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      np.save(f, weights)
+    os.replace(path + ".tmp", path)
+  return weights

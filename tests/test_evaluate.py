@@ -1,6 +1,10 @@
 """Evaluation metrics against direct computations, and the R-draw protocol's independence
 from batch size and device count."""
 
+import collections
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +12,8 @@ import pytest
 from scipy import stats
 
 from rrjax import evaluate, operators, sharding
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_classification_metrics_match_direct_counts():
@@ -51,9 +57,9 @@ def test_severity_is_declared_once_per_kind():
   assert [operators.severity(s) for s in ({"kind": "noise", "sigma": 0.3},
                                           {"kind": "mask", "p": (0.5, 0.9)},
                                           {"kind": "identity"})] == [0.3, None, None]
-  assert set(operators.SEVERITY_FIELDS) <= set(operators._SCHEMA)
+  assert set(operators.SEVERITY_FIELDS) <= set(operators.SCHEMA)
   for kind, field in operators.SEVERITY_FIELDS.items():
-    assert field in operators._SCHEMA[kind]
+    assert field in operators.SCHEMA[kind]
   with pytest.raises(ValueError, match="eval.levels"):
     operators.with_severity({"kind": "identity"}, 0.5)
 
@@ -90,3 +96,61 @@ def test_draws_do_not_depend_on_batch_size_or_devices():
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 2), 5)
   want = 2 * np.mean(operator(key, images[5:6] / 255.0)[0], axis=(0, 1))
   np.testing.assert_allclose(single["outputs"][2, 5], want, rtol=1e-6)
+
+
+def test_eval_stage_loads_the_student_and_builds_the_text_classifier_once(tmp_path,
+                                                                          monkeypatch):
+  """One smoke run whose zero-shot, agreement and adversarial evaluators all use the
+  student and the zero-shot text classifier: one restore, one classifier (the text tower
+  run on its 4 classes x 80 prompts once), one read of the teacher's checkpoint (the
+  student starts as the teacher), and a later run reads the classifier from the workdir."""
+  from rrjax import config as config_lib
+  from rrjax import stages, train, zero_shot
+  from rrjax.evaluators import RunModels
+  from rrjax.evaluators import zero_shot as zero_shot_evaluator
+  from rrjax.models.clip import checkpoint
+  from rrjax.teachers import clip as clip_teacher
+
+  monkeypatch.setenv("RRJAX_SMOKE_DIR", str(tmp_path / "assets"))
+  config = config_lib.load_config(os.path.join(REPO, "configs", "mask.py") + ":smoke")
+  config.unlock()
+  config.stages = ("cache", "student", "eval")
+  config.num_epochs, config.eval.repeats = 1, 1
+  config.evals = config_lib.evals("zero_shot", "agreement")
+  config.evals.adversarial = {"type": "adversarial", "methods": ("zero_shot",), "steps": 1,
+                              "eps": (4 / 255,), "losses": ("ce",), "num_images": 8}
+  counts = collections.Counter()
+
+  def counting(name, fn, amount=lambda *args: 1):
+    def wrapped(*args, **kwargs):
+      counts[name] += amount(*args)
+      return fn(*args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(train, "load_final_state", counting("restores", train.load_final_state))
+  monkeypatch.setattr(zero_shot, "classifier", counting("classifiers", zero_shot.classifier))
+  monkeypatch.setattr(checkpoint.Checkpoint, "variables",
+                      counting("checkpoint_reads", checkpoint.Checkpoint.variables))
+  monkeypatch.setattr(clip_teacher.CLIPTeacher, "embed_text",
+                      counting("prompts", clip_teacher.CLIPTeacher.embed_text,
+                               lambda teacher, prompts: len(prompts)))
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  workdir = str(tmp_path / "run")
+  stages.run_stages(config, workdir, mesh=mesh)
+  rows = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+  assert {r["evaluator"] for r in rows} == {"zero_shot", "agreement", "adversarial"}
+  # 320 prompts in batches of 256, the last one padded.
+  one_classifier = 2 * 256
+  assert counts == {"restores": 1, "classifiers": 1, "checkpoint_reads": 1,
+                    "prompts": one_classifier}
+
+  # A later run's evaluators read the classifier the first one stored.
+  ctx = stages.Context(config=config, workdir=workdir, mesh=mesh)
+  options = config_lib.evaluator_options("zero_shot", config.evals.zero_shot)
+  stored = zero_shot_evaluator.text_classifier(ctx, RunModels(ctx), "zero_shot", options)
+  assert counts["classifiers"] == 1 and counts["prompts"] == one_classifier
+  rebuilt = zero_shot.classifier(ctx.teacher.embed_text,
+                                 zero_shot_evaluator.class_names(ctx, options),
+                                 zero_shot.templates())
+  np.testing.assert_array_equal(stored, rebuilt)
+  ctx.close()

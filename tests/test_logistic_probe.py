@@ -100,9 +100,11 @@ def test_l2_is_chosen_by_holdout_accuracy_and_refitted_on_everything():
     kernel, bias = _reference_fit(features[train], labels[train], l2)
     predictions = np.argmax(_unit(features[holdout]) @ kernel + bias, axis=-1)
     accuracies[l2] = np.mean(predictions == labels[holdout])
-  assert probe.holdout_accuracies == accuracies
+  assert {l2: probe.holdout_accuracies[l2] for l2 in grid} == accuracies
   best = max(accuracies.values())
-  assert len(set(accuracies.values())) > 2 and best > accuracies[grid[0]]
+  assert len(set(accuracies.values())) > 2 and best > accuracies[grid[0]] > 0
+  # The best grid value is interior here, so the grid needed no extension.
+  assert probe.bracketed and list(probe.holdout_accuracies) == list(grid)
   # Ties go to the larger l2.
   assert probe.l2 == max(l2 for l2 in grid if accuracies[l2] == best)
   assert probe.holdout_accuracy == best
@@ -128,6 +130,57 @@ def test_holdout_split_is_stratified_and_seeded():
     logistic_probe.holdout_split(np.array([0, 1, 1]), 0.2, seed=0)
   with pytest.raises(ValueError, match=r"holdout_fraction=1\.0 must be in \(0, 1\)"):
     logistic_probe.holdout_split(labels, 1.0, seed=0)
+
+
+def test_holdout_split_keeps_each_group_on_one_side():
+  # 10 images of class 0, 5 of class 1, each with 3 views (rows), in shuffled row order.
+  image_labels = np.repeat([0, 1], [10, 5])
+  groups = np.random.default_rng(0).permutation(np.repeat(np.arange(15), 3))
+  labels = image_labels[groups]
+  train, holdout = logistic_probe.holdout_split(labels, 0.2, seed=0, groups=groups)
+  assert sorted(np.concatenate([train, holdout]).tolist()) == list(range(45))
+  assert not set(groups[train]) & set(groups[holdout])
+  held_images = np.unique(groups[holdout])
+  # round(0.2 * 10) = 2 images of class 0 and round(0.2 * 5) = 1 of class 1, all 3 views.
+  assert np.bincount(image_labels[held_images]).tolist() == [2, 1] and len(holdout) == 9
+  with pytest.raises(ValueError, match="group 7 has rows with labels"):
+    logistic_probe.holdout_split(np.where(np.arange(45) == np.argmax(groups == 7), 1 - labels,
+                                          labels), 0.2, seed=0, groups=groups)
+
+
+def test_memorised_images_do_not_win_the_l2_choice():
+  """Each image's views are near-duplicates and its label is random: nothing generalises
+  to unseen images. Held out by image, accuracy is near chance (25%); held out by row, a
+  view's near-twins are in the training part and a memorising fit scores near 100%."""
+  rng = np.random.default_rng(0)
+  num_images, views, dim = 200, 3, 256
+  image_features = rng.normal(size=(num_images, dim))
+  image_labels = rng.integers(0, C, num_images)
+  groups = np.repeat(np.arange(num_images), views)
+  features = (image_features[groups] + 0.01 * rng.normal(size=(len(groups), dim))
+              ).astype(np.float32)
+  labels = image_labels[groups]
+  fit = lambda groups: logistic_probe.fit(features, labels, C, groups=groups,
+                                          l2_grid=(1e-5, 1e-3, 1e-1), max_iters=200,
+                                          max_extensions=2)
+  by_image, by_row = fit(groups), fit(None)
+  # 40 held-out images: chance is 0.25 with a standard deviation of 0.07; 0.45 leaves
+  # room for taking the best of the values tried.
+  assert by_image.holdout_accuracy < 0.45, by_image.holdout_accuracies
+  assert by_row.holdout_accuracy > 0.9 and by_row.l2 < by_image.l2, by_row.holdout_accuracies
+
+
+def test_grid_extends_until_the_best_l2_is_bracketed(problem):
+  grid = (1e-7, 1e-6)
+  probe = logistic_probe.fit(*problem, C, l2_grid=grid)
+  tried = list(probe.holdout_accuracies)
+  # Upwards in the grid's own step (x10 here) from its top, until a worse value lies above.
+  np.testing.assert_allclose(tried, [1e-7 * 10**k for k in range(len(tried))], rtol=1e-9)
+  assert len(tried) > 3 and probe.bracketed and tried[0] < probe.l2 < tried[-1]
+  assert probe.holdout_accuracy == max(probe.holdout_accuracies.values())
+  assert probe.holdout_accuracies[tried[-1]] < probe.holdout_accuracy
+  unextended = logistic_probe.fit(*problem, C, l2_grid=grid, max_extensions=0)
+  assert list(unextended.holdout_accuracies) == list(grid) and not unextended.bracketed
 
 
 def _anisotropic_problem(seed, n):
@@ -181,6 +234,8 @@ def test_beats_the_papers_underfit_probe():
     (dict(l2_grid=(1e-3, 0.0)), "positive"),
     (dict(holdout_fraction=0.0), "holdout_fraction"),
     (dict(max_iters=0), "max_iters"),
+    (dict(max_extensions=-1), "max_extensions"),
+    (dict(groups=np.zeros(N - 1, np.int64)), r"groups must be one id per feature row"),
 ])
 def test_bad_inputs_are_named(problem, change, message):
   arguments = dict(features=problem[0], labels=problem[1], num_classes=C)

@@ -156,7 +156,8 @@ def test_embed_only_plugin_teacher_features_under_jit():
   teacher = EmbedOnlyTeacher()
   features_fn, variables = probe_stage.features(_context(teacher, "teacher"))
   assert variables is None
-  same_fn, _ = common.probe_eval_features(_context(teacher, "clean_teacher"), "classification")
+  same_fn, _ = common.RunModels(_context(teacher, "clean_teacher")).probe_features(
+      "classification")
   batch = _batch()
   mask = operators.build({"kind": "mask", "p": 0.5})
   corrupted = mask(jax.random.key(1), objectives.to_unit_range(batch["image"]))

@@ -120,6 +120,23 @@ def test_classifier_is_the_normalised_mean_of_normalised_prompts():
   assert tower.batch_sizes == [3]
 
 
+def test_stored_classifier_is_built_once_per_teacher_names_and_templates(tmp_path):
+  names, templates = ["cat", "dog"], zero_shot.templates()[:3]
+  tower = FakeTextTower()
+  store = lambda fingerprint, names, templates: zero_shot.stored_classifier(
+      str(tmp_path), fingerprint, tower, names, templates)
+  first = store("teacher-a", names, templates)
+  np.testing.assert_array_equal(first, zero_shot.classifier(FakeTextTower(), names, templates))
+  calls = len(tower.batch_sizes)
+  np.testing.assert_array_equal(store("teacher-a", names, templates), first)
+  assert len(tower.batch_sizes) == calls == 1  # The second came from the file.
+  # Another teacher, class list or template set is another classifier, built anew.
+  store("teacher-b", names, templates)
+  store("teacher-a", names[::-1], templates)
+  store("teacher-a", names, templates[:2])
+  assert len(tower.batch_sizes) == 4 and len(list(tmp_path.iterdir())) == 4
+
+
 def test_classifier_rejects_bad_templates():
   with pytest.raises(ValueError, match="needs a '{}'"):
     zero_shot.classifier(FakeTextTower(), ["cat"], ["a photo of a cat."])

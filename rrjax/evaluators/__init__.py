@@ -13,14 +13,17 @@ results.md. Types and their options (defaults in `rrjax.config.EVALUATORS`):
                   teacher (E14)
 
 Every evaluator is one module with one entry point
-`evaluate(ctx, name, options) -> list[row]`; a new one is a module plus a line here and
-its default options in `rrjax.config.EVALUATORS`.
+`evaluate(ctx, models, name, options) -> list[row]`, where `models`
+(`rrjax.evaluators.common.RunModels`) hands it the run's loaded models: each is loaded
+once per eval stage, whichever evaluators use it. A new evaluator is a module plus a
+line here and its default options in `rrjax.config.EVALUATORS`.
 """
 
 from __future__ import annotations
 
 from rrjax import config as config_lib
 from rrjax.evaluators import adversarial, agreement, classification, restoration, zero_shot
+from rrjax.evaluators.common import RunModels
 from rrjax.stages.context import Context
 
 TYPES = {
@@ -33,7 +36,10 @@ TYPES = {
 }
 
 
-def run(ctx: Context, name: str, spec) -> list[dict]:
+__all__ = ["RunModels", "TYPES", "run"]
+
+
+def run(ctx: Context, models: RunModels, name: str, spec) -> list[dict]:
   """The rows of evaluator `name` (`spec`: its entry in config.evals)."""
   options = config_lib.evaluator_options(name, spec)
-  return TYPES[options["type"]](ctx, name, options)
+  return TYPES[options["type"]](ctx, models, name, options)

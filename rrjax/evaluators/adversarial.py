@@ -40,6 +40,7 @@ from rrjax import adversarial, objectives, operators, results, sharding
 from rrjax import evaluate as evaluate_lib
 from rrjax.data import subsets
 from rrjax.evaluators import common
+from rrjax.evaluators.common import RunModels
 from rrjax.evaluators import zero_shot as zero_shot_evaluator
 from rrjax.stages import student as student_stage
 from rrjax.stages.context import Context
@@ -53,6 +54,8 @@ class Model(NamedTuple):
   logits_fn: Callable
   variables: Any
   clean_method: str  # The method key of its clean row.
+  # An lbfgs probe's l2 selection (`common.Classifier.selection`); None: not such a probe.
+  selection: dict | None = None
 
 
 @functools.lru_cache(maxsize=16)
@@ -116,7 +119,7 @@ def rows_of(name: str, type: str, model: Model, accuracy: dict, *, eps, steps: i
     return results.row(evaluator=name, type=type, method=method, spec=spec,
                        metrics={"top1": evaluate_lib.summarize([top1])},
                        describe=operators.describe, label_fraction=model.label_fraction,
-                       solver=model.solver)
+                       solver=model.solver, selection=model.selection)
 
   rows = [row(model.clean_method, {"kind": "identity"}, accuracy["clean"])]
   rows += [row(model.method, {"kind": "pgd", "eps": float(e), "norm": norm, "steps": steps},
@@ -136,7 +139,7 @@ def _attackable_probes(ctx: Context, name: str) -> bool:
   return True
 
 
-def models(ctx: Context, name: str, options: dict) -> list[Model]:
+def models(ctx: Context, loaded: RunModels, name: str, options: dict) -> list[Model]:
   """The models `options["methods"]` names (() = every one the run has)."""
   config = ctx.config
   methods = tuple(options["methods"]) or (
@@ -146,18 +149,18 @@ def models(ctx: Context, name: str, options: dict) -> list[Model]:
   trained = tuple(m for m in methods if m in ("probe", "baseline"))
   if "probe" in trained and not _attackable_probes(ctx, name):
     trained = tuple(m for m in trained if m != "probe")
-  for c in common.classifiers(ctx, trained, name) if trained else ():
+  for c in common.classifiers(ctx, loaded, trained, name) if trained else ():
     found.append(Model(c.method, c.label_fraction, c.solver, c.output_fn, c.variables,
-                       c.method))
+                       c.method, c.selection))
   text = None
   if "zero_shot" in methods or "zero_shot_teacher" in methods:
-    text = zero_shot_evaluator.text_classifier(ctx, name, options)
+    text = zero_shot_evaluator.text_classifier(ctx, loaded, name, options)
   if text is not None and "zero_shot" in methods:
-    embed, variables = student_stage.features(ctx, name)
+    embed, variables = loaded.student(name)
     found.append(Model("zero_shot", 0.0, None, zero_shot_evaluator.scores(embed),
                        {"image": variables, "text": text}, "zero_shot"))
   if text is not None and "zero_shot_teacher" in methods:
-    teacher = ctx.teacher
+    teacher = loaded.teacher
     if hasattr(teacher, "params") and callable(getattr(teacher, "apply", None)):
       embed = lambda params, images01, batch: teacher.apply(
           params, objectives.at_size(images01, teacher.image_size) * 255.0)
@@ -181,7 +184,7 @@ def _losses(name: str, options: dict, num_classes: int) -> tuple[str, ...]:
   return attacks
 
 
-def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
+def evaluate(ctx: Context, loaded: RunModels, name: str, options: dict) -> list[dict]:
   source = ctx.eval_source
   n = len(source)
   if options["num_images"] < n:
@@ -189,7 +192,7 @@ def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
         source.labels, options["num_images"] / n, ctx.config.seed))
   attacks = _losses(name, options, source.num_classes)
   rows = []
-  for model in models(ctx, name, options):
+  for model in models(ctx, loaded, name, options):
     accuracy = robust_accuracy(
         model.logits_fn, model.variables, ctx.eval_batches(source), mesh=ctx.mesh,
         key=ctx.key(f"adversarial/{model.method}"), eps=tuple(options["eps"]),

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from rrjax import evaluate as evaluate_lib
 from rrjax import operators, results
-from rrjax.stages import student as student_stage
+from rrjax.evaluators.common import RunModels
 from rrjax.stages.context import Context
 
 
-def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
-  embed, trained = student_stage.features(ctx, name)
-  students = [("agreement", trained), ("agreement_initial", student_stage.initial_variables(ctx))]
+def evaluate(ctx: Context, models: RunModels, name: str, options: dict) -> list[dict]:
+  embed, trained = models.student(name)
+  students = [("agreement", trained), ("agreement_initial", models.initial_student())]
   teacher = ctx.teacher_on_clean_eval
   rows = []
   for spec in ctx.test_operators():

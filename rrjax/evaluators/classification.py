@@ -12,22 +12,26 @@ from __future__ import annotations
 
 from rrjax import operators, results
 from rrjax.evaluators import common
+from rrjax.evaluators.common import RunModels
 from rrjax.stages.context import Context
 
 
-def evaluate(ctx: Context, name: str, options: dict, *, out_of_class: bool = False) -> list[dict]:
+def evaluate(ctx: Context, models: RunModels, name: str, options: dict, *,
+             out_of_class: bool = False) -> list[dict]:
   source = ctx.eval_source_of(out_of_class=out_of_class)
   rows = []
-  found = common.classifiers(ctx, options["methods"], name)
+  found = common.classifiers(ctx, models, options["methods"], name)
   for spec in ctx.test_operators():
     for c in found:
       metrics = common.classify(ctx, c.output_fn, c.variables, spec, source,
                                 num_repeats=common.repeats(ctx, options))
       rows.append(results.row(evaluator=name, type=options["type"], method=c.method,
-                              label_fraction=c.label_fraction, solver=c.solver, spec=spec,
-                              metrics=metrics, describe=operators.describe))
+                              label_fraction=c.label_fraction, solver=c.solver,
+                              selection=c.selection, spec=spec, metrics=metrics,
+                              describe=operators.describe))
   return rows
 
 
-def evaluate_out_of_class(ctx: Context, name: str, options: dict) -> list[dict]:
-  return evaluate(ctx, name, options, out_of_class=True)
+def evaluate_out_of_class(ctx: Context, models: RunModels, name: str,
+                          options: dict) -> list[dict]:
+  return evaluate(ctx, models, name, options, out_of_class=True)

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 from rrjax import baselines, operators, results
 from rrjax.evaluators import common
+from rrjax.evaluators.common import RunModels
 from rrjax.stages.context import Context
 
 
-def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
+def evaluate(ctx: Context, models: RunModels, name: str, options: dict) -> list[dict]:
   restore = baselines.restoration(options["restore"], ctx.config.operator.to_dict(),
                                   steps=options["steps"])
   after_restoration = lambda features_fn: (
       lambda variables, corrupted, batch: features_fn(variables, restore(corrupted), batch))
   rows = []
-  found = common.classifiers(ctx, ("probe",), name, transform=after_restoration)
+  found = common.classifiers(ctx, models, ("probe",), name,
+                             transform=after_restoration)
   for spec in ctx.test_operators():
     for c in found:
       metrics = common.classify(ctx, c.output_fn, c.variables, spec, ctx.eval_source,
                                 num_repeats=common.repeats(ctx, options))
       rows.append(results.row(evaluator=name, type=options["type"],
                               method=f"{options['restore']}+{c.method}",
-                              label_fraction=c.label_fraction, solver=c.solver, spec=spec,
-                              metrics=metrics, describe=operators.describe))
+                              label_fraction=c.label_fraction, solver=c.solver,
+                              selection=c.selection, spec=spec, metrics=metrics,
+                              describe=operators.describe))
   return rows

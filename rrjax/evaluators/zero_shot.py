@@ -13,10 +13,9 @@ Options also: `repeats` (0 = eval.repeats).
 
 from __future__ import annotations
 
-import logging
-
 from rrjax import losses, objectives, operators, results, zero_shot
 from rrjax.evaluators import common
+from rrjax.evaluators.common import RunModels
 from rrjax.stages import student as student_stage
 from rrjax.stages.context import Context
 
@@ -34,15 +33,12 @@ def class_names(ctx: Context, options: dict) -> list[str]:
   return names
 
 
-def text_classifier(ctx: Context, name: str, options: dict):
+def text_classifier(ctx: Context, models: RunModels, name: str, options: dict):
   """The text tower's classifier `[K, D]` for the class names and `templates` of
-  `options`, or None (logged) when the teacher has no text tower."""
-  if not hasattr(ctx.teacher, "embed_text"):
-    logging.warning("evals.%s: teacher %s has no text tower; zero-shot skipped.", name,
-                    ctx.config.teacher.name)
-    return None
-  return zero_shot.classifier(ctx.teacher.embed_text, class_names(ctx, options),
-                              zero_shot.templates(options["templates"]))
+  `options` (built once per run and kept in the workdir), or None (logged) when the
+  teacher has no text tower."""
+  return models.text_classifier(class_names(ctx, options),
+                                zero_shot.templates(options["templates"]), name)
 
 
 def scores(embed):
@@ -52,16 +48,16 @@ def scores(embed):
       embed(v["image"], corrupted, batch)) @ v["text"].T
 
 
-def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
-  text = text_classifier(ctx, name, options)
+def evaluate(ctx: Context, models: RunModels, name: str, options: dict) -> list[dict]:
+  text = text_classifier(ctx, models, name, options)
   if text is None:
     return []
-  teacher_embed, teacher_variables = objectives.teacher_features(ctx.teacher)
+  teacher_embed, teacher_variables = objectives.teacher_features(models.teacher)
   teacher = (teacher_embed, {"image": teacher_variables, "text": text})
-  models = [("zero_shot_teacher", *teacher)]
+  encoders = [("zero_shot_teacher", *teacher)]
   if student_stage.exists(ctx.config):
-    embed, variables = student_stage.features(ctx, name)
-    models.insert(0, ("zero_shot", embed, {"image": variables, "text": text}))
+    embed, variables = models.student(name)
+    encoders.insert(0, ("zero_shot", embed, {"image": variables, "text": text}))
   num_repeats = common.repeats(ctx, options)
 
   def row(method, embed, variables, spec, draws):
@@ -71,6 +67,6 @@ def evaluate(ctx: Context, name: str, options: dict) -> list[dict]:
                        metrics=metrics, describe=operators.describe)
 
   rows = [row(method, embed, variables, spec, num_repeats)
-          for spec in ctx.test_operators() for method, embed, variables in models]
+          for spec in ctx.test_operators() for method, embed, variables in encoders]
   rows.append(row("zero_shot_teacher_clean", *teacher, {"kind": "identity"}, 1))
   return rows

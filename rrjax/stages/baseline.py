@@ -20,9 +20,13 @@ def model(ctx: Context):
 
 
 def initial_state(ctx: Context, total_steps: int) -> train.TrainState:
-  params, model_state = student_stage.split_variables(models.init_variables(
-      ctx.config.baseline, model(ctx), ctx.init_key("baseline_init"),
-      ctx.config.data.image_size))
+  return _state(ctx, models.init_variables(ctx.config.baseline, model(ctx),
+                                           ctx.init_key("baseline_init"),
+                                           ctx.config.data.image_size), total_steps)
+
+
+def _state(ctx: Context, variables: dict, total_steps: int) -> train.TrainState:
+  params, model_state = student_stage.split_variables(variables)
   tx = train.make_optimizer(learning_rate=ctx.config.baseline.learning_rate,
                             total_steps=total_steps)
   return train.create_state(params, model_state, tx)
@@ -49,6 +53,6 @@ def run(ctx: Context) -> dict:
 def load(ctx: Context, needed_by: str) -> dict:
   """The trained classifier's variables (params and model state)."""
   artifacts.require(ctx.workdir, NAME, needed_by)
-  state = train.load_final_state(artifacts.stage_dir(ctx.workdir, NAME), initial_state(ctx, 1),
-                                 ctx.mesh)
+  target = _state(ctx, student_stage.zero_variables(model(ctx), ctx.config.data.image_size), 1)
+  state = train.load_final_state(artifacts.stage_dir(ctx.workdir, NAME), target, ctx.mesh)
   return {"params": state.params, **state.model_state}

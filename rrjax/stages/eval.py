@@ -1,6 +1,7 @@
 """Stage "eval": runs the evaluators of `config.evals` in order (`rrjax.evaluators`) and
 writes their rows (`rrjax.results`) to `WORKDIR/results.json` and `results.md`. It loads
-what the training stages left; it never trains.
+what the training stages left, each model once for all evaluators
+(`rrjax.evaluators.RunModels`); it never trains.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def setting(config) -> dict:
 
 
 def run(ctx: Context) -> dict:
+  models = evaluators.RunModels(ctx)
   rows = []
   for name, spec in ctx.config.evals.items():
-    rows += evaluators.run(ctx, name, spec)
+    rows += evaluators.run(ctx, models, name, spec)
   report = {"experiment": ctx.config.experiment, "setting": setting(ctx.config),
             "results": rows}
   write_results(ctx.workdir, report)

@@ -14,11 +14,13 @@ fraction (`probe.label_fraction` and `probe.extra_label_fractions`).
   encoders; the paper's numbers come from "adam".
 
 Artifact: `WORKDIR/probe_<fraction>/head.msgpack` (the head's params, written when its
-fit is finished) and `WORKDIR/probe/done.json`.
+fit is finished), for "lbfgs" beside it `selection.json` (the chosen l2 and its held-out
+accuracy, which result rows carry) and `WORKDIR/probe/done.json`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -37,6 +39,9 @@ from rrjax.stages.context import Context
 
 NAME = "probe"
 SOLVERS = ("adam", "lbfgs")
+# What an "lbfgs" probe's result rows carry from its fit: the chosen l2 and its accuracy
+# on held-out training images.
+SELECTION = ("l2", "holdout_accuracy")
 
 
 def fractions(config) -> tuple[float, ...]:
@@ -45,6 +50,10 @@ def fractions(config) -> tuple[float, ...]:
 
 def head_path(workdir: str, fraction: float) -> str:
   return os.path.join(workdir, f"probe_{fraction:g}", "head.msgpack")
+
+
+def selection_path(workdir: str, fraction: float) -> str:
+  return os.path.join(os.path.dirname(head_path(workdir, fraction)), "selection.json")
 
 
 def imagenet_model_config(init: str) -> ml_collections.ConfigDict:
@@ -134,24 +143,26 @@ def _fit_lbfgs(ctx: Context, fraction: float, features_fn, frozen) -> tuple[Any,
 
   def corrupted_features(variables, batch, key):
     corrupted = operator(key, objectives.to_unit_range(batch["image"]))
-    return features_fn(variables, corrupted, batch).astype(jnp.float32), batch["label"]
+    return (features_fn(variables, corrupted, batch).astype(jnp.float32), batch["label"],
+            batch["id"])
 
   run = jax.jit(corrupted_features, out_shardings=sharding.replicated(ctx.mesh))
   frozen = sharding.replicate(frozen, ctx.mesh)
   key = ctx.key(f"probe{fraction}")
-  collected, labels = [], []
+  collected = []
   try:
     for step in range(config.probe.num_epochs * loader.steps_per_epoch):
       batch = sharding.shard_batch(prepare(next(loader)), ctx.mesh)
-      out, label = jax.device_get(run(frozen, batch, jax.random.fold_in(key, step)))
-      collected.append(out)
-      labels.append(label)
+      collected.append(jax.device_get(run(frozen, batch, jax.random.fold_in(key, step))))
   finally:
     loader.close()
-  fitted = logistic_probe.fit(np.concatenate(collected), np.concatenate(labels),
-                              ctx.train_source.num_classes, seed=config.seed)
+  features, labels, ids = (np.concatenate(part) for part in zip(*collected))
+  # The views of one image are held out together (groups = example ids): l2 is chosen for
+  # unseen images, not for the seen images' other views.
+  fitted = logistic_probe.fit(features, labels, ctx.train_source.num_classes, groups=ids,
+                              seed=config.seed)
   return fitted.params, {"l2": fitted.l2, "holdout_accuracy": fitted.holdout_accuracy,
-                         "num_features": int(sum(len(c) for c in collected))}
+                         "bracketed": fitted.bracketed, "num_features": len(features)}
 
 
 def _example_batch(ctx: Context, batch_size: int) -> dict:
@@ -177,21 +188,34 @@ def run(ctx: Context) -> dict:
       summary[f"{fraction:g}"] = {"finished_before": True}
       continue
     head, summary[f"{fraction:g}"] = fit(ctx, fraction, features_fn, frozen)
-    _save_head(path, head)
+    selection = {k: summary[f"{fraction:g}"][k] for k in SELECTION
+                 if k in summary[f"{fraction:g}"]}
+    _save_head(ctx.workdir, fraction, head, selection)
   return {"solver": solver, "fractions": summary}
 
 
-def _save_head(path: str, head) -> None:
+def _save_head(workdir: str, fraction: float, head, selection: dict) -> None:
+  """The selection first, the head last: a head on disk means its fit is complete."""
   if jax.process_index() != 0:
     return
+  path = head_path(workdir, fraction)
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  if selection:
+    with open(selection_path(workdir, fraction), "w") as f:
+      json.dump(selection, f)
   with open(path + ".tmp", "wb") as f:
     f.write(flax.serialization.msgpack_serialize(jax.device_get(head)))
   os.replace(path + ".tmp", path)
 
 
-def load_head(ctx: Context, fraction: float, needed_by: str) -> dict:
-  """The fitted head params of `fraction`."""
+def load_head(ctx: Context, fraction: float, needed_by: str) -> tuple[dict, dict]:
+  """(the fitted head params of `fraction`, its l2 selection: {"l2", "holdout_accuracy"}
+  for "lbfgs" probes, {} otherwise)."""
   artifacts.require(ctx.workdir, NAME, needed_by)
   with open(head_path(ctx.workdir, fraction), "rb") as f:
-    return flax.serialization.msgpack_restore(f.read())
+    head = flax.serialization.msgpack_restore(f.read())
+  selection = selection_path(ctx.workdir, fraction)
+  if not os.path.isfile(selection):
+    return head, {}
+  with open(selection) as f:
+    return head, json.load(f)

@@ -7,8 +7,11 @@ workdir or from `student.restore_from` (another run's workdir, SPEC E4).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from rrjax import models, objectives, train
@@ -30,8 +33,20 @@ def model(ctx: Context):
 
 
 def initial_variables(ctx: Context) -> dict:
-  return models.init_variables(model_config(ctx.config), model(ctx),
-                               ctx.init_key("student_init"), ctx.config.data.image_size)
+  cfg = model_config(ctx.config)
+  if _starts_as_the_teacher(ctx.config, cfg):
+    # The teacher has read these very weights (float32): reading the checkpoint again
+    # costs time and a second copy. A copy of its arrays, as training donates its state.
+    return jax.tree.map(jnp.copy, ctx.teacher.params)
+  return models.init_variables(cfg, model(ctx), ctx.init_key("student_init"),
+                               ctx.config.data.image_size)
+
+
+def _starts_as_the_teacher(config, cfg) -> bool:
+  """Whether the student's initial variables are the teacher's image tower, as it holds
+  them: a CLIP student from the teacher's own checkpoint, a float32 teacher."""
+  return (cfg.model == "clip" and cfg.init == "teacher" and config.teacher.kind == "clip"
+          and cfg.teacher_name == config.teacher.name and config.teacher.dtype == "float32")
 
 
 def split_variables(variables: dict) -> tuple[Any, dict]:
@@ -39,8 +54,12 @@ def split_variables(variables: dict) -> tuple[Any, dict]:
 
 
 def initial_state(ctx: Context, total_steps: int) -> train.TrainState:
+  return _state(ctx, initial_variables(ctx), total_steps)
+
+
+def _state(ctx: Context, variables: dict, total_steps: int) -> train.TrainState:
   config = ctx.config
-  params, model_state = split_variables(initial_variables(ctx))
+  params, model_state = split_variables(variables)
   tx = train.make_optimizer(
       learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
       weight_decay=config.optimizer.weight_decay, warmup_steps=config.optimizer.warmup_steps,
@@ -88,13 +107,23 @@ def exists(config) -> bool:
   return NAME in config.stages or bool(config.student.restore_from)
 
 
+def zero_variables(module, image_size: int) -> dict:
+  """Variables shaped like `module`'s, all zeros: a restore target. Restoring overwrites
+  every leaf, so no initial weights need reading (a teacher checkpoint, ImageNet
+  weights) or computing."""
+  shapes = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def load(ctx: Context, needed_by: str) -> dict:
-  """The trained student's variables (params and model state)."""
+  """The trained student's variables (params and model state). The eval stage restores
+  it once for all its evaluators (`rrjax.evaluators.common.RunModels`)."""
   workdir = source_workdir(ctx.config, ctx.workdir)
   artifacts.require(workdir, NAME, needed_by,
                     alternative="set student.restore_from to a finished run's workdir")
-  state = train.load_final_state(artifacts.stage_dir(workdir, NAME), initial_state(ctx, 1),
-                                 ctx.mesh)
+  target = _state(ctx, zero_variables(model(ctx), ctx.config.data.image_size), 1)
+  state = train.load_final_state(artifacts.stage_dir(workdir, NAME), target, ctx.mesh)
   return {"params": state.params, **state.model_state}
 
 
