@@ -275,8 +275,8 @@ def apgd(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
 
 def apgd_targeted(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
                   labels: jax.Array, key: jax.Array, *, eps, steps: int = 100,
-                  num_targets: int = 9, norm: str = "linf",
-                  rho=0.75) -> tuple[jax.Array, jax.Array]:
+                  num_targets: int = 9, norm: str = "linf", rho=0.75,
+                  robust: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """APGD-T (Croce & Hein 2020; AutoAttack's "apgd-t", fra31/auto-attack
   `APGDAttack_targeted` with one restart): `apgd` on `targeted_dlr_loss`, once for each
   of the `num_targets` classes other than the true one with the highest clean logits
@@ -285,17 +285,22 @@ def apgd_targeted(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array
   As in AutoAttack, an example misclassified on its clean image is not attacked (it
   keeps its clean image), and an example fooled by a run is not attacked by the later
   ones: it keeps that run's adversarial image. Once every example of the batch is
-  fooled, the remaining runs are skipped (their cost too).
+  fooled, the remaining runs are skipped (their cost too). AutoAttack runs APGD-T only
+  on the examples APGD-CE left robust: pass `apgd`'s `robust` as `robust` to do the same
+  (a batch APGD-CE fooled entirely then costs one forward pass here).
 
   Args:
     logits_fn, images, labels, key, eps, steps, norm, rho: as for `apgd`; K >= 4 classes.
     num_targets: the number of target classes, static, at most K - 1 (AutoAttack: 9).
+    robust: optional bool `[B]`, the examples still robust to earlier attacks; the
+      others are not attacked (they keep their clean image and stay non-robust).
 
   Returns:
     `(adversarial, robust)` as for `apgd`: `robust` is True where the prediction stayed
-    correct on the clean image and on every point of every run; `adversarial` is, where
-    not robust, the clean image (misclassified clean) or the first fooling run's last
-    misclassified point, and where robust the highest-loss point of the last run.
+    correct on the clean image and on every point of every run (and, given `robust`,
+    where that was True); `adversarial` is, where not robust, the clean image (not
+    attacked) or the first fooling run's last misclassified point, and where robust the
+    highest-loss point of the last run.
   """
   _check(images, norm, steps)
   images = jax.lax.stop_gradient(images)
@@ -314,25 +319,28 @@ def apgd_targeted(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array
   targets = jax.lax.top_k(others, num_targets)[1]  # [B, num_targets], highest first.
 
   def attack_target(carry, run):
-    adversarial, robust = carry
+    adversarial, still_robust = carry
 
     def attack():
       def criterion(logits, labels):
         return targeted_dlr_loss(logits, labels, targets[:, run])
 
-      # `robust` as the clean correctness: an example fooled by an earlier run is
-      # already decided, whatever this run does.
+      # `still_robust` as the clean correctness: an example fooled by an earlier run
+      # (or not to be attacked) is already decided, whatever this run does.
       run_adversarial, run_robust = _apgd_run(
-          logits_fn, criterion, images, labels, robust, jax.random.fold_in(key, run),
+          logits_fn, criterion, images, labels, still_robust, jax.random.fold_in(key, run),
           eps=eps, steps=steps, norm=norm, rho=rho)
-      return jnp.where(_per_example(robust), run_adversarial, adversarial), run_robust
+      return (jnp.where(_per_example(still_robust), run_adversarial, adversarial),
+              run_robust)
 
-    return jax.lax.cond(jnp.any(robust), attack, lambda: carry), None
+    return jax.lax.cond(jnp.any(still_robust), attack, lambda: carry), None
 
-  clean_correct = jnp.argmax(clean_logits, -1) == labels
-  (adversarial, robust), _ = jax.lax.scan(attack_target, (images, clean_correct),
-                                          jnp.arange(num_targets))
-  return jax.lax.stop_gradient(adversarial), robust
+  to_attack = jnp.argmax(clean_logits, -1) == labels
+  if robust is not None:
+    to_attack &= robust
+  (adversarial, still_robust), _ = jax.lax.scan(attack_target, (images, to_attack),
+                                                jnp.arange(num_targets))
+  return jax.lax.stop_gradient(adversarial), still_robust
 
 
 def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,

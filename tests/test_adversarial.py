@@ -356,19 +356,38 @@ def _expected_robust(num_targets):
   return expected
 
 
+# Forward passes of the model, counted by a callback: runs that are skipped make none.
+MODEL_CALLS = []
+
+
+def counted_targeted_logits(images):
+  jax.debug.callback(lambda: MODEL_CALLS.append(1))
+  return targeted_linear_logits(images)
+
+
 @functools.lru_cache(maxsize=None)
-def _apgd_targeted_run(num_targets, num_devices):
-  """(adversarial, robust) of APGD-T on the targeted set, its batch sharded over the
-  first `num_devices` devices."""
-  images, labels = _targeted_set()
+def _apgd_targeted_attack(num_targets):
+  """APGD-T on the targeted classifier, jitted once per target count (and mesh)."""
+  return jax.jit(functools.partial(adversarial.apgd_targeted, counted_targeted_logits,
+                                   steps=TARGETED_STEPS, num_targets=num_targets))
+
+
+def _run_apgd_targeted(num_targets, num_devices, images, labels, robust):
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
-  attack = jax.jit(functools.partial(
-      adversarial.apgd_targeted, targeted_linear_logits, steps=TARGETED_STEPS,
-      num_targets=num_targets))
-  adv, robust = attack(*sharding.shard_batch((images, labels), mesh), jax.random.key(13),
-                       eps=TARGETED_EPS)
+  images, labels, robust = sharding.shard_batch((images, labels, robust), mesh)
+  adv, robust = _apgd_targeted_attack(num_targets)(images, labels, jax.random.key(13),
+                                                   eps=TARGETED_EPS, robust=robust)
   assert len(adv.sharding.device_set) == num_devices
   return np.asarray(adv), np.asarray(robust)
+
+
+@functools.lru_cache(maxsize=None)
+def _apgd_targeted_run(num_targets, num_devices):
+  """(adversarial, robust) of APGD-T on the targeted set (every example still robust
+  before it), its batch sharded over the first `num_devices` devices."""
+  images, labels = _targeted_set()
+  return _run_apgd_targeted(num_targets, num_devices, images, labels,
+                            np.ones(len(labels), bool))
 
 
 @pytest.mark.parametrize("num_targets,num_devices",
@@ -402,24 +421,28 @@ def test_apgd_targeted_keeps_the_first_fooling_run_and_shards_like_one_device():
                              _apgd_targeted_run(TARGETED_CLASSES - 1, 1)[0], atol=1e-6)
 
 
-def test_apgd_targeted_stops_once_the_batch_is_fooled():
-  """A batch misclassified clean is never attacked: the model runs once, on the clean
-  images, and every image comes back unchanged."""
+def test_apgd_targeted_attacks_nothing_when_nothing_is_left_to_fool():
+  """A batch whose first half is misclassified clean and whose second half earlier
+  attacks fooled (`robust=False`) is not attacked: the model runs once, on the clean
+  images, and every image comes back unchanged and non-robust. (The same compiled
+  attack as the closed-form test's, whose two runs make 1 + 2 x (1 + 50) passes.)"""
   images, labels = _targeted_set()
-  calls = []
-
-  def counted_logits(x):
-    jax.debug.callback(lambda: calls.append(1))
-    return targeted_linear_logits(x)
-
-  wrong = (labels + 1) % TARGETED_CLASSES
-  adv, robust = jax.jit(functools.partial(adversarial.apgd_targeted, counted_logits,
-                                          steps=1, num_targets=3))(
-      images, wrong, jax.random.key(0), eps=TARGETED_EPS)
+  half = len(labels) // 2
+  labels = np.concatenate([(labels[:half] + 1) % TARGETED_CLASSES, labels[half:]])
+  earlier_robust = np.arange(len(labels)) < half
+  _apgd_targeted_run(2, 1)  # Compiled and run before counting.
   jax.effects_barrier()
-  assert len(calls) == 1
-  assert not np.asarray(robust).any()
+  MODEL_CALLS.clear()
+  adv, robust = _run_apgd_targeted(2, 1, images, labels, earlier_robust)
+  jax.effects_barrier()
+  assert len(MODEL_CALLS) == 1
+  assert not robust.any()
   np.testing.assert_array_equal(adv, images)
+
+  MODEL_CALLS.clear()
+  _run_apgd_targeted(2, 1, *_targeted_set(), np.ones(len(labels), bool))
+  jax.effects_barrier()
+  assert len(MODEL_CALLS) == 1 + 2 * (1 + TARGETED_STEPS)
 
 
 def _numpy_targeted_dlr(logits, labels, targets):
