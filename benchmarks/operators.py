@@ -1,6 +1,8 @@
-"""Operator speed: the paper's 8 settings, jitted and batched, vs per image in numpy/scipy.
+"""Operator speed: the paper's 8 settings, jitted and batched, vs per image in numpy/scipy;
+and a choice mixture against the mean of its entries.
 
   python benchmarks/operators.py [--batch_size 256] [--image_size 224] [--repeats 5]
+      [--choice_batch_size 64] [--skip_paper]
 
 JAX: `jax.jit(operators.build(spec))` on a float32 [batch_size, S, S, 3] batch already on
 the default device, a fresh key per call; one warm-up call (compilation) is excluded, then
@@ -9,13 +11,21 @@ numpy/scipy: what a CPU data-loader worker would run per image, in one thread: m
 `rng.choice` of floor(H*W*p) positions without replacement, noise by `rng.standard_normal`
 (float32), blur by two `scipy.ndimage.correlate1d` passes with mode "mirror"; timed over
 --numpy_images images. Prints images/s of both and their ratio.
+
+choice: the training operator of configs/unknown_corruptions.py (a 35-way mixture: 7
+ImageNet-C corruptions x 5 severities as nested choices) on a [choice_batch_size, S, S, 3]
+batch, timed like the JAX settings above, next to each of its 35 entries alone on the same
+batch; prints the mixture's seconds per call, the entries' mean, and their ratio (the
+mixture costs what it draws when the ratio is near 1; the entries' sum when near 35).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
+import pathlib
 import time
 
 import jax
@@ -57,7 +67,7 @@ def numpy_operator(spec):
   return apply
 
 
-def jax_images_per_second(spec, images, repeats: int) -> float:
+def jax_seconds_per_call(spec, images, repeats: int) -> float:
   op = jax.jit(operators.build(spec))
   keys = jax.random.split(jax.random.key(1), repeats + 1)
   op(keys[0], images).block_until_ready()  # Compilation.
@@ -65,7 +75,37 @@ def jax_images_per_second(spec, images, repeats: int) -> float:
   for key in keys[1:]:
     corrupted = op(key, images)
   corrupted.block_until_ready()
-  return repeats * images.shape[0] / (time.perf_counter() - start)
+  return (time.perf_counter() - start) / repeats
+
+
+def jax_images_per_second(spec, images, repeats: int) -> float:
+  return images.shape[0] / jax_seconds_per_call(spec, images, repeats)
+
+
+def mixture_spec() -> dict:
+  """The training operator of configs/unknown_corruptions.py (train=noise/blur)."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "unknown_corruptions.py"
+  module_spec = importlib.util.spec_from_file_location("unknown_corruptions", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config().operator.to_dict()
+
+
+def leaf_specs(spec) -> list[dict]:
+  """The operators a (nested) choice ends in."""
+  if spec["kind"] != "choice":
+    return [spec]
+  return [leaf for entry in spec["ops"] for leaf in leaf_specs(entry)]
+
+
+def choice_cost(images, repeats: int) -> None:
+  spec = mixture_spec()
+  entries = [jax_seconds_per_call(leaf, images, repeats) for leaf in leaf_specs(spec)]
+  mixture = jax_seconds_per_call(spec, images, repeats)
+  mean = sum(entries) / len(entries)
+  print(f"choice of {len(entries)} entries ({operators.describe(spec)[:60]}...), batch "
+        f"{images.shape}: mixture {mixture:.3f} s/call, entries' mean {mean:.3f} s/call "
+        f"(min {min(entries):.3f}, max {max(entries):.3f}), ratio {mixture / mean:.2f}")
 
 
 def numpy_images_per_second(spec, images: np.ndarray) -> float:
@@ -83,6 +123,8 @@ def main():
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--numpy_images", type=int, default=64)
+  parser.add_argument("--choice_batch_size", type=int, default=64)
+  parser.add_argument("--skip_paper", action="store_true", help="only the choice mixture")
   args = parser.parse_args()
   shape = (args.batch_size, args.image_size, args.image_size, 3)
   images = jax.random.uniform(jax.random.key(0), shape)
@@ -92,12 +134,14 @@ def main():
   print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), "
         f"{os.cpu_count()} CPUs; batch {shape}, {args.repeats} timed calls; numpy: "
         f"{args.numpy_images} images, one thread")
-  print(f"{'operator':20s} {'jax images/s':>13s} {'numpy images/s':>15s} {'ratio':>7s}")
-  for spec in operators.PAPER_SETTINGS:
-    jax_rate = jax_images_per_second(spec, images, args.repeats)
-    numpy_rate = numpy_images_per_second(spec, numpy_images)
-    print(f"{operators.describe(spec):20s} {jax_rate:13.1f} {numpy_rate:15.1f} "
-          f"{jax_rate / numpy_rate:7.2f}")
+  if not args.skip_paper:
+    print(f"{'operator':20s} {'jax images/s':>13s} {'numpy images/s':>15s} {'ratio':>7s}")
+    for spec in operators.PAPER_SETTINGS:
+      jax_rate = jax_images_per_second(spec, images, args.repeats)
+      numpy_rate = numpy_images_per_second(spec, numpy_images)
+      print(f"{operators.describe(spec):20s} {jax_rate:13.1f} {numpy_rate:15.1f} "
+            f"{jax_rate / numpy_rate:7.2f}")
+  choice_cost(images[:args.choice_batch_size], args.repeats)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,6 @@ import numpy as np
 
 from rrjax import objectives, sharding
 
-def per_example_operator(operator) -> Callable:
-  """`op(keys [B], images)` applying `operator` to each image with its own key."""
-  return jax.vmap(lambda key, image: operator(key, image[None])[0])
-
 
 def summarize(values: np.ndarray) -> dict[str, float]:
   """Mean, standard deviation (ddof=1) and standard error over repeats."""
@@ -67,17 +63,18 @@ def agreement_metrics(student: np.ndarray, teacher: np.ndarray) -> dict[str, flo
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_draws(output_fn: Callable, operator, repeats: int, replicated):
-  """The jitted R-draw function, kept per (output_fn, operator) so that evaluating several
-  models with the same function (e.g. trained and initial student) compiles once."""
-  corrupt = per_example_operator(operator)
+def _compiled_draws(output_fn: Callable, program: Callable, repeats: int, replicated):
+  """The jitted R-draw function, kept per (output_fn, operator program) so that evaluating
+  several models with the same function (e.g. trained and initial student) compiles once,
+  and operators that share a program (the five severities of an ImageNet-C corruption)
+  too: their level is an argument."""
 
-  def repeated(variables, batch, key):
+  def repeated(variables, batch, key, level):
     images = objectives.to_unit_range(batch["image"])
 
     def one_draw(r):
       keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, r), i))(batch["id"])
-      return output_fn(variables, corrupt(keys, images), batch).astype(jnp.float32)
+      return output_fn(variables, program(level, keys, images), batch).astype(jnp.float32)
 
     return {"outputs": jax.lax.map(one_draw, jnp.arange(repeats)),
             **{k: batch[k] for k in ("label", "id", "valid")}}
@@ -88,18 +85,20 @@ def _compiled_draws(output_fn: Callable, operator, repeats: int, replicated):
 def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, mesh,
                     key: jax.Array, repeats: int, operator) -> dict[str, np.ndarray]:
   """Runs `output_fn(variables, corrupted_images01, batch)` on R corruption draws of every
-  example and returns {"outputs": [R, N, K], "label": [N], "id": [N]}, sorted by id.
+  example (`operator`: a `rrjax.operators.Operator`, each image corrupted alone with its
+  own key) and returns {"outputs": [R, N, K], "label": [N], "id": [N]}, sorted by id.
 
   `batches` are host-local shares of padded global batches with a boolean "valid" mask
   (`rrjax.data.pipeline.eval_batches`); padding rows are dropped here.
   """
   replicated = sharding.replicated(mesh)
-  run = _compiled_draws(output_fn, operator, repeats, replicated)
+  run = _compiled_draws(output_fn, operator.program, repeats, replicated)
   variables = sharding.replicate(variables, mesh)
   key = sharding.replicate(key, mesh)
+  level = sharding.replicate(np.int32(operator.level), mesh)
   outputs, labels, ids = [], [], []
   for batch in batches:
-    result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key))
+    result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key, level))
     valid = np.asarray(result["valid"], bool)
     outputs.append(result["outputs"][:, valid])
     labels.append(result["label"][valid])

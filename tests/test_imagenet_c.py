@@ -77,7 +77,7 @@ def reference_draws(name: str, severity: int, seed: int):
     return {"dx": np.random.random_sample((H, W)), "dy": np.random.random_sample((H, W))}
   if name == "fog":
     # plasma_fractal draws squares, then the two diamond fills, per halving of the step.
-    size = imagenet_c._map_size(H, W)
+    size = imagenet_c.filters.map_size(H, W)
     uniforms = np.zeros((size, size))
     step = size
     while step >= 2:
@@ -342,7 +342,7 @@ def test_operator_spec_errors(spec, message):
 
 
 def test_operator_rejects_non_rgb():
-  op = imagenet_c.corruption("contrast", 1)
+  op = operators.build({"kind": "imagenet_c", "corruption": "contrast", "severity": 1})
   with pytest.raises(ValueError, match="RGB images"):
     op(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(ValueError, match="floats in"):
@@ -361,5 +361,5 @@ def test_glass_blur_moves_match_the_sequential_loop():
       for xx in range(w - delta, delta, -1):
         dx, dy = shifts[i, y, xx]
         x[y, xx], x[y + dy, xx + dx] = x[y + dy, xx + dx], x[y, xx]
-  sources = imagenet_c._glass_sources(jnp.asarray(shifts, jnp.int32), h, w, delta)
+  sources = imagenet_c.blur._glass_sources(jnp.asarray(shifts, jnp.int32), h, w, delta)
   np.testing.assert_array_equal(np.asarray(sources), x.ravel())

@@ -79,7 +79,7 @@ def test_mask_zeroes_exactly_floor_hwp_positions_in_all_channels(jitted):
 def test_masked_count_is_floor_of_exact_decimal_product(num_pixels, p):
   # 100 * 0.29 is 28.999999999999996 in floats; the user means 29 pixels.
   expected = math.floor(fractions.Fraction(str(p)) * num_pixels)
-  assert operators._masked_count(num_pixels, p) == expected
+  assert operators.natural.masked_count(num_pixels, p) == expected
 
 
 def test_mask_positions_are_uniform(jitted):
@@ -91,7 +91,7 @@ def test_mask_positions_are_uniform(jitted):
 
 def test_smallest_matches_stable_argsort_with_ties():
   rng = np.random.default_rng(0)
-  smallest = jax.jit(operators._smallest)
+  smallest = jax.jit(operators.natural.smallest)
   extremes = np.array([2**32 - 1, 0, 2**32 - 1, 7, 0] * 12, np.uint32)
   for keys in (rng.integers(0, 4, 60, dtype=np.uint32),  # Many ties at the threshold.
                extremes, rng.integers(0, 2**32, 60, dtype=np.uint32)):
