@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rrjax import operators
+from rrjax.operators import mixtures
 
 MASK, NOISE = {"kind": "mask", "p": 0.5}, {"kind": "noise", "sigma": 0.3}
 
@@ -99,3 +100,50 @@ def test_labels():
 def test_bad_specs_name_the_field(spec, field):
   with pytest.raises(ValueError, match=re.escape(field)):
     operators.build(spec)
+
+
+def test_dispatch_runs_each_leaf_only_on_the_images_that_drew_it():
+  """Leaves record the rows they are called on (a host callback inside the conditional):
+  each image goes through its own leaf, and the work done is the batch plus at most one
+  partial chunk per drawn leaf, not every leaf on every image."""
+  calls = []
+  num_leaves, batch_size = 7, 40
+  chunk = mixtures.chunk_size(batch_size, num_leaves)
+
+  def leaf(j):
+    def keyed(keys, images):
+      jax.debug.callback(lambda rows: calls.append((j, int(rows))), images.shape[0])
+      return images + j
+    return operators.Operator(batch=None, keyed=keyed)
+
+  leaves = [leaf(j) for j in range(num_leaves)]
+  drawn = np.random.default_rng(0).choice([0, 2, 3, 6], batch_size, p=[0.5, 0.3, 0.1, 0.1])
+  images = jnp.broadcast_to(jnp.arange(batch_size, dtype=jnp.float32)[:, None, None, None],
+                            (batch_size, 2, 2, 3))
+  keys = jax.random.split(jax.random.key(0), batch_size)
+  out = jax.jit(lambda idx, k, x: mixtures.dispatch(leaves, idx, k, x))(
+      jnp.asarray(drawn, jnp.int32), keys, images)
+  jax.effects_barrier()
+  np.testing.assert_array_equal(np.asarray(out)[:, 0, 0, 0], np.arange(batch_size) + drawn)
+  rows = {j: sum(n for i, n in calls if i == j) for j in range(num_leaves)}
+  counts = np.bincount(drawn, minlength=num_leaves)
+  for j in range(num_leaves):  # Whole chunks: the group rounded up to a multiple of chunk.
+    assert rows[j] == -(-counts[j] // chunk) * chunk, (j, rows, chunk)
+  assert sum(rows.values()) <= 1.5 * batch_size
+
+
+def test_keyed_form_corrupts_each_image_alone_with_its_key():
+  """op.keyed(keys, images)[i] == op(keys[i], images[i:i+1])[0], what evaluation relies on,
+  for a choice (nested) inside a compose."""
+  spec = {"kind": "compose", "ops": [
+      {"kind": "choice", "ops": [NOISE, {"kind": "choice", "ops": [
+          MASK, {"kind": "blur", "kernel_size": 3, "sigma": 1.0}]}]},
+      {"kind": "noise", "sigma": 0.1}]}
+  op = operators.build(spec)
+  images = jax.random.uniform(jax.random.key(1), (12, 6, 6, 3))
+  keys = jax.random.split(jax.random.key(2), 12)
+  out = np.asarray(jax.jit(op.keyed)(keys, images))
+  alone = jax.jit(lambda key, image: op(key, image[None])[0])
+  for i in range(12):
+    # The same float32 operations on the same values: equal up to XLA's fusion choices.
+    np.testing.assert_allclose(out[i], alone(keys[i], images[i]), atol=1e-6)

@@ -154,3 +154,27 @@ def test_eval_stage_loads_the_student_and_builds_the_text_classifier_once(tmp_pa
                                  zero_shot.templates())
   np.testing.assert_array_equal(stored, rebuilt)
   ctx.close()
+
+
+def test_imagenet_c_severities_share_one_compiled_program():
+  """The five severities of a corruption run through one program with the severity as an
+  argument: one compile, each severity's outputs those of its own operator."""
+  rng = np.random.default_rng(4)
+  images = rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
+  labels = np.zeros(8, np.int32)
+  output_fn = lambda variables, corrupted, batch: jnp.mean(corrupted, axis=(1, 2))
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  specs = [{"kind": "imagenet_c", "corruption": "gaussian_noise", "severity": s}
+           for s in range(1, 6)]
+  built = [operators.build(spec) for spec in specs]
+  assert len({op.program for op in built}) == 1
+  for op in built:
+    got = evaluate.collect_outputs(output_fn, None, _padded_batches(images, labels, 8),
+                                   mesh=mesh, key=jax.random.key(0), repeats=1, operator=op)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), i))(
+        jnp.arange(8))
+    want = np.mean(op.keyed(keys, images / 255.0), axis=(1, 2))
+    # The same float32 operations in another program: equal up to fusion choices.
+    np.testing.assert_allclose(got["outputs"][0], want, atol=1e-6)
+  run = evaluate._compiled_draws(output_fn, built[0].program, 1, sharding.replicated(mesh))
+  assert run._cache_size() == 1
