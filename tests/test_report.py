@@ -270,16 +270,16 @@ def test_lines_and_legend_labels(runs):
   rows, _ = report.collect([runs["mask90"], runs["mask50"], runs["range_both"]])
   fields = ("loss", "train", "method", "label_fraction")
   ours = [r for r in rows if r["method"] == "student_probe" and r["label_fraction"] == 1.0]
-  lines = report._lines(ours, fields, lambda r: r["level"])
+  lines = report.plots._lines(ours, fields, lambda r: r["level"])
   # The fixed-level runs join into one curve; the range run is its own.
   assert lines == {
       ("student_teacher", "same as test", "student_probe", 1.0): [(0.5, 84.0, 0.5),
                                                                   (0.9, 81.25, 0.25)],
       ("student_both", "trained mask p~U(0.5,0.95)", "student_probe", 1.0): [
           (0.9, 82.0, 0.5), (0.95, 78.0, 0.5), (0.99, 60.0, 0.5)]}
-  assert report._legend_labels(list(lines), fields) == [
+  assert report.plots._legend_labels(list(lines), fields) == [
       "student_teacher, same as test", "student_both, trained mask p~U(0.5,0.95)"]
-  assert report._legend_labels([("a", "student_probe", 0.1)],
+  assert report.plots._legend_labels([("a", "student_probe", 0.1)],
                                ("loss", "method", "label_fraction")) == ["ours"]
 
 
