@@ -74,13 +74,29 @@ def open_dataset(name: str, data_dir: str | None = None) -> Dataset:
         "--file_format=array_record` or point --data_dir at it.") from None
   class_names, templates = prompts.load(name)
   subset = prompts.class_subset(name)
-  if subset is not None:  # ImageNet-R/A: 200 of ImageNet-1k's classes, in label order.
-    class_names = [class_names[i] for i in subset]
+  if subset is not None:  # ImageNet-R/A: 200 classes, labelled by ImageNet-1k index.
+    source = SubsetLabels(source, subset)
   if len(class_names) != source.num_classes:
     raise ValueError(f"--datasets: {name} has {source.num_classes} classes in tfds but "
                      f"{len(class_names)} class names in rrjax.benchmark.prompts; is the "
                      "tfds version the one prompts.py names?")
   return Dataset(name, source, class_names, templates)
+
+
+class SubsetLabels:
+  """A source whose labels are indices into `classes` (ImageNet-1k indices of the classes
+  kept) relabelled as positions in it: the rows of a classifier of those classes only."""
+
+  def __init__(self, source, classes: list[int]):
+    self.source, self.num_classes = source, len(classes)
+    self._position = {c: i for i, c in enumerate(classes)}
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> dict:
+    example = self.source[i]
+    return {**example, "label": self._position[int(example["label"])]}
 
 
 def preprocess(image: np.ndarray, size: int, interpolation: str, resize_mode: str) -> np.ndarray:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
-import re
 from typing import Any, Callable
 
 import jax
@@ -35,7 +33,7 @@ from rrjax.stages import student as student_stage
 KINDS = ("clip", "workdir", "rrjax_export")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelRef:
   """A --model resolved from its configs: what it is and where its parts come from."""
   name: str            # As given on the command line.
@@ -43,15 +41,10 @@ class ModelRef:
   text_checkpoint: clip.Checkpoint  # The CLIP whose text tower and logit scale are used.
   image_size: int
 
-  @property
-  def label(self) -> str:
-    """A file-name-safe name (the classifier directory): the hub id, or a directory's
-    base name and a hash of its absolute path (two runs' directories may share one)."""
-    if not os.path.isdir(self.name):
-      return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)
-    path = os.path.abspath(self.name)
-    digest = hashlib.sha256(path.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', os.path.basename(path))}-{digest}"
+  @functools.cached_property
+  def text_identity(self) -> str:
+    """What identifies the text tower's weights (file hashes or hub commit), as JSON."""
+    return json.dumps(self.text_checkpoint.identity(), sort_keys=True)
 
   @property
   def interpolation(self) -> str:

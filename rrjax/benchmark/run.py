@@ -160,17 +160,11 @@ class Benchmark:
 
   def _classifier(self, model: models_lib.Model, data: datasets_lib.Dataset) -> np.ndarray:
     """The text classifier [K, D] of (model, dataset), computed once and kept in
-    OUT/classifiers/<model>/<dataset>.npy."""
-    directory = os.path.join(self.out, "classifiers", model.ref.label)
-    path = os.path.join(directory, _file_name(data.name) + ".npy")
-    if os.path.isfile(path):
-      return np.load(path)
-    weights = zero_shot.classifier(model.embed_text, data.class_names, data.templates)
-    if jax.process_index() == 0:
-      os.makedirs(directory, exist_ok=True)
-      np.save(path + ".partial.npy", weights)
-      os.replace(path + ".partial.npy", path)
-    return weights
+    OUT/classifiers, keyed by the text tower's identity, the names and the templates (a
+    student shares its teacher's)."""
+    return zero_shot.stored_classifier(
+        os.path.join(self.out, "classifiers"), model.ref.text_identity, model.embed_text,
+        data.class_names, data.templates)
 
   def _batches(self, model, data, count: int, progress: str) -> Iterator[dict]:
     bar = writers.Progress(progress, datasets_lib.num_batches(count, self.batch_size))
@@ -236,8 +230,3 @@ class Benchmark:
 def _num_targets(num_classes: int) -> int:
   """APGD-T's target classes; 0 (APGD-CE alone) below APGD_T_MIN_CLASSES classes."""
   return min(APGD_TARGETS, num_classes - 1) if num_classes >= APGD_T_MIN_CLASSES else 0
-
-
-def _file_name(name: str) -> str:
-  return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
-
