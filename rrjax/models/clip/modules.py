@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rrjax.models.clip.spec import CLIPSpec, TextSpec, VisionSpec
+from rrjax.models.pointwise import PointwiseConv
 
 _LN_EPS = 1e-5
 
@@ -153,11 +154,13 @@ class VisionTransformer(nn.Module):
     return _layer_norm(self.dtype, "post_layernorm")(x[:, 0])
 
 
-def _conv(features: int, kernel: int, dtype, name: str, strides: int = 1) -> nn.Conv:
+def _conv(features: int, kernel: int, dtype, name: str, strides: int = 1) -> nn.Module:
+  init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  if kernel == 1:  # A matmul: XLA:CPU's 1x1 convolutions are several times slower.
+    return PointwiseConv(features, strides, dtype, init, name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                 use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                 use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=init,
                  name=name)
 
 
