@@ -120,6 +120,15 @@ def _text_embedder(checkpoint: clip.Checkpoint, variables: dict):
   return lambda prompts: np.asarray(apply(params, jnp.asarray(tokenize(list(prompts)))))
 
 
+@functools.cache
+def embedder(module) -> Callable[[Any, jax.Array], jax.Array]:
+  """`(variables, images01) -> [B, D]`: `module` in inference mode. One function per
+  architecture (equal Flax modules are equal and hash alike), so models of one
+  architecture (OpenAI's ViT-L/14 and FARE's) share every compiled program."""
+  features = objectives.student_features(module)
+  return lambda variables, images01: features(variables, images01, None)
+
+
 def load(ref: ModelRef) -> Model:
   """Reads the weights of a resolved model."""
   variables = ref.text_checkpoint.variables()
@@ -129,7 +138,5 @@ def load(ref: ModelRef) -> Model:
                                clip.image_variables(variables))
   else:
     module, image_variables = _student(ref)
-  features = objectives.student_features(module)  # The module in inference mode.
-  image_fn = functools.partial(lambda f, v, images01: f(v, images01, None), features)
-  return Model(ref, image_fn, jax.device_get(image_variables),
+  return Model(ref, embedder(module), jax.device_get(image_variables),
                _text_embedder(ref.text_checkpoint, variables), logit_scale)

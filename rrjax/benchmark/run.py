@@ -96,16 +96,23 @@ def _compiled_attack(logits: Callable, steps: int, num_targets: int, replicated)
 
 
 class _Loaded(NamedTuple):
-  """A loaded model and its functions, made once per model: the same function objects
-  for every dataset and condition, so each (operator or attack, shape) compiles once."""
+  """A loaded model and the functions of its architecture (`_functions`)."""
   model: models_lib.Model
   logits: Callable
   output_fn: Callable
 
   @classmethod
   def of(cls, model: models_lib.Model) -> "_Loaded":
-    logits = logits_fn(model.image_fn)
-    return cls(model, logits, lambda variables, images01, batch: logits(variables, images01))
+    return cls(model, *_functions(model.image_fn))
+
+
+@functools.cache
+def _functions(image_fn: Callable) -> tuple[Callable, Callable]:
+  """(logits, output_fn for `evaluate.collect_outputs`): the same function objects for
+  every model of an architecture, dataset and condition, so each (operator or attack,
+  shape) compiles once."""
+  logits = logits_fn(image_fn)
+  return logits, lambda variables, images01, batch: logits(variables, images01)
 
 
 @dataclasses.dataclass
