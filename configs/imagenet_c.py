@@ -46,8 +46,9 @@ ImageNet-C table.
 Sized like configs/mask.py for training (8 GPUs, a few GPU-hours). With `corruption=all`
 the eval stage runs 95 x 5,000 x `eval.repeats` corrupted images through the probe's
 student and the zero-shot student and teacher (about 14M RN101 forwards at the default 10
-repeats: by estimate minutes on 8 GPUs), and compiles one program per test operator, evaluator and
-model (95 x 3, each holding the model; likely the larger cost on accelerators). The
+repeats: by estimate minutes on 8 GPUs), and compiles one program per corruption, evaluator and
+model (19 x 3, each holding the model: a corruption's five severities share one, the
+severity an argument). The
 corruptions themselves are cheap next to an RN101 forward: 0.5-170 ms per 224 px image on
 this project's 2-core CPU (shot_noise at severity 1 the slowest), 0.1-20 s to compile
 (frost the slowest). No accelerator has been available to time a whole run;

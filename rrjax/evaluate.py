@@ -98,7 +98,10 @@ def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, 
   level = sharding.replicate(np.int32(operator.level), mesh)
   outputs, labels, ids = [], [], []
   for batch in batches:
-    result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key, level))
+    # Traced under the mesh, so that a choice operator groups each device's images
+    # (rrjax.operators.mixtures) instead of gathering the batch.
+    with jax.set_mesh(mesh):
+      result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key, level))
     valid = np.asarray(result["valid"], bool)
     outputs.append(result["outputs"][:, valid])
     labels.append(result["label"][valid])

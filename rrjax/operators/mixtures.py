@@ -4,6 +4,7 @@ image), whose cost follows what it draws."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rrjax import sharding
 from rrjax.operators.core import Operator, natural, single_image_keys
 
 
@@ -125,10 +127,29 @@ def dispatch(leaves: Sequence[Operator], leaf, leaf_keys, images):
   return out[:batch_size][jnp.argsort(order)]
 
 
+def _dispatch_per_device(leaves: Sequence[Operator], leaf, leaf_keys, images):
+  """`dispatch`, each device grouping its own images when the batch is split over the
+  data axis of the mesh the caller traces under (`jax.set_mesh`, as the trainer and
+  evaluation do): grouping the global batch would gather it and corrupt all of it on
+  every device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  devices = dict(mesh.shape).get(sharding.DATA_AXIS, 1) if not mesh.empty else 1
+  if devices == 1 or images.shape[0] % devices:
+    return dispatch(leaves, leaf, leaf_keys, images)
+  batch = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  return jax.shard_map(functools.partial(dispatch, leaves), mesh=mesh,
+                       in_specs=(batch, batch, batch), out_specs=batch,
+                       axis_names={sharding.DATA_AXIS},
+                       # The leaves' loops start from constants shared by all devices
+                       # (e.g. mask's threshold search); the values are per-device anyway.
+                       check_vma=False)(leaf, leaf_keys, images)
+
+
 def choice(draw: Draw) -> Operator:
   """A choice holds no attacks (checked when parsed), so it is a natural operator."""
   leaves = draw.leaves
   return natural(
-      lambda rng, images: dispatch(
+      lambda rng, images: _dispatch_per_device(
           leaves, *draw.resolve(jax.random.split(rng, images.shape[0])), images),
-      lambda keys, images: dispatch(leaves, *draw.resolve(single_image_keys(keys)), images))
+      lambda keys, images: _dispatch_per_device(
+          leaves, *draw.resolve(single_image_keys(keys)), images))
