@@ -9,11 +9,13 @@ nothing is shared in memory between them; compilation is part of the time, as it
 for a user.
 
   python benchmarks/eval_stage.py [--configs configs/mask.py:smoke configs/adversarial.py:smoke]
+      [--keep DIR]  # each config's workdir kept under DIR (its results.json to compare)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -38,11 +40,19 @@ def eval_seconds(config_arg: str, workdir: str) -> tuple[float, float]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+  parser.add_argument("--keep", default="", help="keep each config's workdir under this "
+                      "directory (default: temporary, removed)")
   args = parser.parse_args()
   for config_arg in args.configs:
-    with tempfile.TemporaryDirectory() as workdir:
+    with contextlib.ExitStack() as stack:
+      if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        workdir = tempfile.mkdtemp(dir=args.keep, prefix=os.path.basename(config_arg) + "_")
+      else:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory())
       first, rerun = eval_seconds(config_arg, workdir)
-    print(f"{config_arg}: eval stage {first:.1f} s, rerun {rerun:.1f} s", flush=True)
+    print(f"{config_arg}: eval stage {first:.1f} s, rerun {rerun:.1f} s"
+          + (f" (workdir {workdir})" if args.keep else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,26 @@ def test_draws_do_not_depend_on_batch_size_or_devices():
   np.testing.assert_allclose(single["outputs"][2, 5], want, rtol=1e-6)
 
 
+def test_lbfgs_rows_carry_the_chosen_l2_and_held_out_accuracy():
+  from rrjax import results
+  mask = {"kind": "mask", "p": 0.9}
+  top1 = {"top1": {"mean": 60.0, "std": 0.0, "sem": 0.0}}
+  row = lambda solver, selection: results.row(
+      evaluator="classification", type="classification", method="student_probe", spec=mask,
+      metrics=top1, describe=operators.describe, label_fraction=1.0, solver=solver,
+      selection=selection)
+  lbfgs = row("lbfgs", {"l2": 3.16e-4, "holdout_accuracy": 0.625})
+  adam = row("adam", {})
+  assert (lbfgs["l2"], lbfgs["holdout_top1"]) == (3.16e-4, 62.5)
+  assert adam["l2"] is None and adam["holdout_top1"] is None and set(adam) == set(lbfgs)
+  text = results.results_markdown([lbfgs, adam])
+  assert "| method | labels | solver | operator | top-1 (%) | l2 | held-out top-1 (%) |" in text
+  assert "| ours | 1 | lbfgs | mask p=0.9 | 60.00 ± 0.00 | 0.000316 | 62.50 |" in text
+  assert "| ours | 1 | adam | mask p=0.9 | 60.00 ± 0.00 | – | – |" in text
+  # Tables without an lbfgs row keep their columns.
+  assert "l2" not in results.results_markdown([adam])
+
+
 def test_eval_stage_loads_the_student_and_builds_the_text_classifier_once(tmp_path,
                                                                           monkeypatch):
   """One smoke run whose zero-shot and agreement evaluators both use the student: one
@@ -148,8 +168,8 @@ def test_eval_stage_loads_the_student_and_builds_the_text_classifier_once(tmp_pa
   loaded = RunModels(ctx)
   options = config_lib.evaluator_options("zero_shot", config.evals.zero_shot)
   text = zero_shot_evaluator.text_classifier(ctx, loaded, "zero_shot", options)
-  attacked = adversarial_evaluator.models(
-      ctx, loaded, "adversarial", config_lib.evaluator_options("adversarial", {"type": "adversarial"}))
+  adversarial = config_lib.evaluator_options("adversarial", {"type": "adversarial"})
+  attacked = adversarial_evaluator.models(ctx, loaded, "adversarial", adversarial)
   assert [m.method for m in attacked] == ["zero_shot", "zero_shot_teacher"]
   assert all(m.variables["text"] is text for m in attacked)
   assert counts["restores"] == 2 and counts["classifiers"] == 1

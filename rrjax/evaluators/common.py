@@ -5,12 +5,12 @@ per label fraction, the baseline) as output functions."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from rrjax import evaluate, objectives, zero_shot
+from rrjax.stages import artifacts
 from rrjax.stages import baseline as baseline_stage
 from rrjax.stages import probe as probe_stage
 from rrjax.stages import student as student_stage
@@ -88,7 +88,7 @@ class RunModels:
       return None
     return self._once(("text", tuple(class_names), tuple(templates)),
                       lambda: zero_shot.stored_classifier(
-                          os.path.join(self.ctx.workdir, "eval"), teacher.fingerprint,
+                          artifacts.stage_dir(self.ctx.workdir, "eval"), teacher.fingerprint,
                           teacher.embed_text, class_names, templates))
 
 
