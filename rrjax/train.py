@@ -388,7 +388,10 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
         stop = sharding.shard_batch(np.full(local_devices, preemption.requested() is not None),
                                     mesh)
         if compiled is None:
-          compiled = step_fn.lower(state, batch, key, frozen, stop).compile()
+          # Traced under the mesh, so that a choice operator groups each device's images
+          # (rrjax.operators.mixtures) instead of gathering the batch.
+          with jax.set_mesh(mesh):
+            compiled = step_fn.lower(state, batch, key, frozen, stop).compile()
           step_flops = _step_flops(compiled)
           window = _Window(step + 1)  # Opened after compiling: windows time the loop alone.
         else:
