@@ -30,10 +30,11 @@ Operators are pure and jittable, and preserve shape and dtype. Kinds and fields:
                               mixture whose corruption type the model is not told; nest
                               choices for random levels of kinds without ranges (e.g.
                               imagenet_c severities 1..5). Each entry runs only on the
-                              images that drew it (grouped, in chunks of static size:
-                              rrjax/operators/mixtures.py), so a choice costs about its
-                              entries' mean, not their sum. No attacks (pgd) inside:
-                              they need the batch
+                              images that drew it (grouped, in chunks of static size,
+                              per device when traced under a data mesh: rrjax/operators/
+                              mixtures.py), so a choice costs about its entries' mean,
+                              not their sum. No attacks (pgd) inside: they need the
+                              batch
   imagenet_c(corruption,      an ImageNet-C corruption at severity 1..5, as Hendrycks &
     severity)                 Dietterich's code (imagecorruptions 1.1.2); the 19 names
                               and how each matches it: rrjax/imagenet_c/
