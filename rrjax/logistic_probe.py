@@ -210,8 +210,8 @@ def fit(features, labels, num_classes: int, *, groups=None,
   best value sits at an end (see the module docstring)."""
   features, labels = np.asarray(features), np.asarray(labels)
   groups = None if groups is None else np.asarray(groups)
-  grid = sorted({float(l2) for l2 in l2_grid})
   _validate(features, labels, groups, num_classes, list(l2_grid), max_iters, max_extensions)
+  grid = sorted({float(l2) for l2 in l2_grid})
   train, holdout = holdout_split(labels, holdout_fraction, seed, groups)
   unit_features = losses.l2_normalize(jnp.asarray(features))
   labels_on_device = jnp.asarray(labels, jnp.int32)

@@ -161,8 +161,10 @@ def _fit_lbfgs(ctx: Context, fraction: float, features_fn, frozen) -> tuple[Any,
   # unseen images, not for the seen images' other views.
   fitted = logistic_probe.fit(features, labels, ctx.train_source.num_classes, groups=ids,
                               seed=config.seed)
-  return fitted.params, {"l2": fitted.l2, "holdout_accuracy": fitted.holdout_accuracy,
-                         "bracketed": fitted.bracketed, "num_features": len(features)}
+  return fitted.params, {
+      "l2": fitted.l2, "holdout_accuracy": fitted.holdout_accuracy,
+      "bracketed": fitted.bracketed, "num_features": len(features),
+      "holdout_accuracies": {f"{l2:.3g}": a for l2, a in fitted.holdout_accuracies.items()}}
 
 
 def _example_batch(ctx: Context, batch_size: int) -> dict:
