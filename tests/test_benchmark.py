@@ -22,7 +22,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from rrjax import config as config_lib, export, main as rrjax_main, sharding, stages
-from rrjax.benchmark import __main__ as cli, datasets, models, records, run
+from rrjax.benchmark import __main__ as cli, datasets, models, prompts, records, run
 from rrjax.teachers import clip as clip_teacher
 from rrjax.data import synthetic
 from rrjax.models import clip
@@ -198,6 +198,26 @@ def test_preprocessing_matches_transformers_clip_processor(shape):
   np.testing.assert_array_equal(ours, reference.transpose(1, 2, 0))  # Same PIL calls.
 
 
+def test_imagenet_r_labels_become_positions_in_its_200_classes():
+  """tfds labels ImageNet-R with ImageNet-1k indices; its classifier has 200 rows."""
+  subset = prompts.class_subset("imagenet_r")
+  names, _ = prompts.load("imagenet_r")
+  assert len(subset) == len(names) == 200
+  imagenet_labels = [subset[0], subset[57], subset[199]]
+  source = datasets.SubsetLabels([{"image": None, "label": l, "id": i}
+                                  for i, l in enumerate(imagenet_labels)], subset)
+  assert source.num_classes == 200 and len(source) == 3
+  assert [source[i]["label"] for i in range(3)] == [0, 57, 199]
+
+
+def test_condition_labels():
+  labels = [c.label for c in run.conditions([{"kind": "mask", "p": 0.9}],
+                                            cli.parse_eps("2,4,0.5"), 100)]
+  assert labels == ["clean", "apgd-ce+apgd-t linf eps=2/255 steps=100",
+                    "apgd-ce+apgd-t linf eps=4/255 steps=100",
+                    "apgd-ce+apgd-t linf eps=0.5/255 steps=100", "mask p=0.9"]
+
+
 def test_corruption_specs_parse():
   assert cli.parse_corruptions(
       'mask:p=0.9; imagenet_c:corruption=fog,severity=3;'
@@ -237,7 +257,6 @@ def test_bad_input_is_a_short_message(tmp_path, tiny_clip, folder, capsys, args,
 
 
 def test_prompts_command(capsys):
-  from rrjax.benchmark import prompts
   cli.main(["prompts", "cifar10"])
   printed = json.loads(capsys.readouterr().out)
   assert (printed["classnames"], printed["templates"]) == tuple(map(list, prompts.load("cifar10")))

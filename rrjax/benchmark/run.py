@@ -55,15 +55,12 @@ def conditions(corruptions: Sequence[dict], eps: Sequence[float], steps: int) ->
   for e in eps:
     spec = {"kind": "apgd", "attacks": ["apgd-ce", "apgd-t"], "norm": "linf", "eps": e,
             "steps": steps}
-    found.append(Condition(f"apgd-ce+apgd-t linf eps={_budget(e)} steps={steps}", spec,
+    # --eps is in 1/255 (FARE's "eps 2/255"); 6 digits undo the division's rounding.
+    found.append(Condition(f"apgd-ce+apgd-t linf eps={e * 255:.6g}/255 steps={steps}", spec,
                            eps=e))
   for spec in corruptions:
     found.append(Condition(operators.describe(spec), dict(spec), operators.build(spec)))
   return found
-
-
-def _budget(eps: float) -> str:
-  return f"{round(eps * 255)}/255" if abs(eps * 255 - round(eps * 255)) < 1e-6 else f"{eps:g}"
 
 
 def logits_fn(image_fn: Callable) -> Callable:
