@@ -19,9 +19,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 from flax.traverse_util import flatten_dict
 
-from rrjax import config as config_lib, export, main as rrjax_main, sharding, stages
+from rrjax import config as config_lib, export, main as rrjax_main, sharding, stages, zero_shot
 from rrjax.benchmark import __main__ as cli, datasets, models, prompts, records, run
 from rrjax.teachers import clip as clip_teacher
 from rrjax.data import synthetic
@@ -113,6 +114,32 @@ def test_records_table_and_plot(benchmark):
   kept = os.listdir(os.path.join(out, "classifiers"))
   assert len(kept) == len(models) * len(DATASETS) and all(k.endswith(".npy") for k in kept)
   assert os.path.isfile(os.path.join(out, "log.txt"))
+
+
+def test_clean_records_match_a_single_device_reference(benchmark):
+  """The CLI's sharded, batched, padded pipeline (2 devices, batches of 4 over 6 images)
+  against the model applied to all images at once on one device; the mock examples are
+  the same in every process (seeded by index)."""
+  out, models_run, _ = benchmark
+  found = {(r["model"], r["dataset"]): r for r in records.read(out) if r["condition"] == "clean"}
+  for name in models_run:
+    model = models.load(models.describe(name))
+    for dataset in DATASETS:
+      with tfds.testing.mock_data(num_examples=NUM_EXAMPLES,
+                                  policy=tfds.testing.MockPolicy.USE_CODE):
+        data = datasets.open_dataset(dataset)
+        examples = [data.source[i] for i in range(len(data))]
+      images = np.stack([datasets.preprocess(e["image"], 32, "bicubic", "shortest")
+                         for e in examples]).astype(np.float32) / 255
+      labels = np.array([e["label"] for e in examples])
+      text = zero_shot.classifier(model.embed_text, data.class_names, data.templates)
+      embeddings = np.asarray(jax.jit(model.image_fn, device=jax.devices()[0])(
+          model.image_variables, images), np.float64)
+      unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+      logits = model.logit_scale * unit @ text.T.astype(np.float64)
+      # Counts of correct images: equal unless two classes tie to float32 rounding.
+      assert found[name, dataset]["metrics"] == pytest.approx(
+          records.logits_metrics(logits, labels))
 
 
 def test_rerun_skips_finished_records(benchmark):
