@@ -33,12 +33,12 @@ The report's ImageNet-C table puts each run's per-corruption accuracy (and mCE, 
 AlexNet's errors) next to E12's students trained on one known corruption.
 
 Sized like configs/mask.py (8 A100/H100-class GPUs, a few GPU-hours per run), plus the
-mixture: under jit a choice computes every entry for every image and keeps the drawn one,
-so each training image goes through all 35 corruption settings of noise/blur (0.6 s per
-224 px image on this project's 2-core CPU, about 1/6 of the RN101 student's step there;
-not yet timed on an accelerator), 3 cheap ones with `train=paper`. The eval stage tests
-40 operators (2 held-out families x 4 corruptions x 5 severities; 75 with all four
-families), each compiled once per evaluator and model. The smoke variant trains on one
+mixture: a choice runs each entry only on the images that drew it, so a training image
+costs about one corruption setting, the mean of the 35 of noise/blur
+(`benchmarks/operators.py` prints the mixture against that mean; not yet timed on an
+accelerator). The eval stage tests 40 operators (2 held-out families x 4 corruptions x 5
+severities; 75 with all four families), compiled once per corruption (its five
+severities share a program), evaluator and model. The smoke variant trains on one
 corruption per family (10 settings) and tests one per held-out family at severity 3.
 """
 
