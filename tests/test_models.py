@@ -1,4 +1,5 @@
-"""ResNet students (rrjax.models.resnet) and ImageNet initialisation (rrjax.models.pretrained).
+"""ResNet students (rrjax.models.resnet), their 1x1 convolutions (rrjax.models.pointwise)
+and ImageNet initialisation (rrjax.models.pretrained).
 
 References: torchvision's parameter counts, transformers' own PyTorch ResNets on tiny
 random checkpoints saved to disk, FlaxResNetModel's features recorded with the Flax
@@ -17,11 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict
 
 from rrjax import models, sharding
 from rrjax.models import pretrained, resnet
+from rrjax.models.pointwise import PointwiseConv
 
 # Tiny architectures: a projection shortcut with stride 1 and 2, identity shortcuts,
 # several blocks per stage, both block kinds. Names are the HF `layer_type`.
@@ -100,6 +103,28 @@ def test_backbone_parameter_counts_match_torchvision(name, total, fc_in):
   assert head["kernel"].shape == (fc_in, 1000) and module.num_features == fc_in
   assert name != "resnet101" or backbone_count == 42_500_160
   assert name != "resnet50" or backbone_count == 23_508_032
+
+
+@pytest.mark.parametrize("strides, size", [(1, 5), (2, 5), (2, 6)])
+def test_pointwise_conv_is_the_1x1_convolution(strides, size):
+  """Checkpoints see flax's 1x1 nn.Conv (same parameter, same initial values from the same
+  key); the output is the numpy product over channels of the pixels a stride-s 1x1
+  convolution reads (odd and even sizes: torchvision's ceil(size / 2) outputs)."""
+  init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  x = np.random.default_rng(0).normal(size=(2, size, size, 12)).astype(np.float32)
+  ours = PointwiseConv(20, strides, kernel_init=init)
+  conv = nn.Conv(20, (1, 1), strides=strides, padding=0, use_bias=False, kernel_init=init)
+  variables = ours.init(jax.random.key(3), x)
+  reference_variables = conv.init(jax.random.key(3), x)
+  np.testing.assert_array_equal(variables["params"]["kernel"],
+                                reference_variables["params"]["kernel"])
+  kernel = np.asarray(variables["params"]["kernel"], np.float64)
+  expected = np.einsum("bhwc,cd->bhwd", x[:, ::strides, ::strides].astype(np.float64),
+                       kernel[0, 0])
+  assert expected.shape[1] == -(-size // strides)
+  # float32 sums of 12 products of magnitude ~1: rounding well below 1e-5.
+  np.testing.assert_allclose(ours.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_outputs_aux_and_head(tiny_variables):
