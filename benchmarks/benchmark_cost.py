@@ -16,8 +16,9 @@ holds for towers of one family on one device, not across families or devices.
 
 The work of FARE's table (Schlarmann et al. 2024): every test image of each dataset clean
 (`TEST_IMAGES`, tfds' sizes of rrjax.benchmark's test splits), and at each eps the first
-1,000 attacked by APGD-CE (100 steps) and APGD-T (9 targets x 100 steps). APGD-T skips a
-target only once every image of a batch is fooled, so its count is an upper bound; text
+1,000 attacked by APGD-CE (100 steps) and APGD-T (9 targets x 100 steps) on what APGD-CE
+left robust. APGD-T skips a target only once every image of a batch is fooled, so its count
+(every target run in full) is an upper bound, reached when a batch has a robust image; text
 classifiers (a few thousand prompts per model) are left out. Prints the rates, the work
 in images x steps, the hours on these devices and the total FLOPs (divide by an
 accelerator's sustained FLOP/s for its time).

@@ -83,10 +83,10 @@ def _compiled_attack(logits: Callable, steps: int, num_targets: int, replicated)
     fn = lambda x: logits(variables, x).astype(jnp.float32)
     _, robust = adversarial.apgd(fn, images, labels, jax.random.fold_in(key, 0), eps=eps,
                                  steps=steps, loss="ce", norm="linf")
-    if num_targets:
-      robust &= adversarial.apgd_targeted(fn, images, labels, jax.random.fold_in(key, 1),
-                                          eps=eps, steps=steps, num_targets=num_targets,
-                                          norm="linf")[1]
+    if num_targets:  # As AutoAttack: APGD-T only on what APGD-CE left robust.
+      robust = adversarial.apgd_targeted(fn, images, labels, jax.random.fold_in(key, 1),
+                                         eps=eps, steps=steps, num_targets=num_targets,
+                                         norm="linf", robust=robust)[1]
     return {"robust": robust, "label": labels, "valid": batch["valid"]}
 
   return jax.jit(run, out_shardings=replicated)
