@@ -159,6 +159,7 @@ def _orbax_student(workdir):
   return ocp.PyTreeCheckpointer().restore(os.path.join(directory, str(last), "state"))["params"]
 
 
+@pytest.mark.numerics
 def test_workdir_and_its_export_are_the_student_with_the_teachers_text(workdir, tmp_path):
   config = export.read_config(workdir)
   teacher = clip_teacher.CLIPTeacher(config.teacher.name)
