@@ -53,20 +53,22 @@ def evaluate(ctx: Context, models: RunModels, name: str, options: dict) -> list[
   if text is None:
     return []
   teacher_embed, teacher_variables = objectives.teacher_features(models.teacher)
-  teacher = (teacher_embed, {"image": teacher_variables, "text": text})
+  # One scoring function per encoder for all test operators: evaluation compiles once per
+  # (function, operator program), and a corruption's severities share a program.
+  teacher = (scores(teacher_embed), {"image": teacher_variables, "text": text})
   encoders = [("zero_shot_teacher", *teacher)]
   if student_stage.exists(ctx.config):
     embed, variables = models.student(name)
-    encoders.insert(0, ("zero_shot", embed, {"image": variables, "text": text}))
+    encoders.insert(0, ("zero_shot", scores(embed), {"image": variables, "text": text}))
   num_repeats = common.repeats(ctx, options)
 
-  def row(method, embed, variables, spec, draws):
-    metrics = common.classify(ctx, scores(embed), variables, spec, ctx.eval_source,
+  def row(method, output, variables, spec, draws):
+    metrics = common.classify(ctx, output, variables, spec, ctx.eval_source,
                               num_repeats=draws)
     return results.row(evaluator=name, type=options["type"], method=method, spec=spec,
                        metrics=metrics, describe=operators.describe)
 
-  rows = [row(method, embed, variables, spec, num_repeats)
-          for spec in ctx.test_operators() for method, embed, variables in encoders]
+  rows = [row(method, output, variables, spec, num_repeats)
+          for spec in ctx.test_operators() for method, output, variables in encoders]
   rows.append(row("zero_shot_teacher_clean", *teacher, {"kind": "identity"}, 1))
   return rows
