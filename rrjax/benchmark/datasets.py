@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import re
 from typing import Iterator
 
 import jax
@@ -35,7 +36,8 @@ RESIZE_MODES = ("shortest", "squash")
 
 
 def is_folder(name: str) -> bool:
-  return os.sep in name or os.path.isdir(name)
+  """A path (tfds names may hold "/" too: "sun397/standard-part1-120k")."""
+  return os.path.isdir(name) or name.startswith((os.sep, ".", "~"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +63,11 @@ def open_dataset(name: str, data_dir: str | None = None) -> Dataset:
     source = sources.ImageFolderSource(os.path.dirname(path) or ".", os.path.basename(path))
     class_names, templates = prompts.load_folder(source.class_names)
     return Dataset(name, source, class_names, templates)
-  if name not in prompts.DATASETS:
-    raise ValueError(f"--datasets: {name!r} is neither a known dataset ({', '.join(prompts.DATASETS)}) "
-                     "nor an image folder (give its path, DIR/<class>/<image>).")
-  split = TEST_SPLITS.get(name, DEFAULT_SPLIT)
+  base = re.split(r"[:/]", name, maxsplit=1)[0]  # The builder of "name:version/config".
+  if base not in prompts.DATASETS:
+    raise ValueError(f"--datasets: {name!r} is neither a known dataset "
+                     f"({', '.join(prompts.DATASETS)}) nor an image folder (DIR/<class>/<image>).")
+  split = TEST_SPLITS.get(base, DEFAULT_SPLIT)
   try:
     source = sources.TfdsSource(name, split, data_dir=data_dir)
   except FileNotFoundError:
