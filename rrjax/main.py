@@ -100,7 +100,7 @@ def main(argv) -> None:
     summaries = stages.run_stages(config, workdir)
   except preemption.Stopped as e:
     console.say(f"rrjax: {e}; resume with the same command: {resume_command()}")
-    sys.exit(128 + e.signum)
+    sys.exit(e.exit_status)
   except (preflight.PreflightError, ValueError, FileNotFoundError) as e:
     if _DEBUG.value:
       raise

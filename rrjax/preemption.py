@@ -21,11 +21,19 @@ _requested: list[signal.Signals] = []  # The signal that asked for a stop, if on
 
 
 class Stopped(Exception):
-  """A stage stopped on a signal after saving its work (`where`: what was saved)."""
+  """A stage stopped on a signal after saving its work (`where`: what was saved).
+  `signum` is None on the processes of a job that stopped with another one."""
 
-  def __init__(self, signum: int, where: str):
+  def __init__(self, signum: int | None, where: str):
     self.signum = signum
-    super().__init__(f"stopped by {signal.Signals(signum).name}; {where}")
+    cause = signal.Signals(signum).name if signum else "a signal to another process"
+    super().__init__(f"stopped by {cause}; {where}")
+
+  @property
+  def exit_status(self) -> int:
+    """128 + the signal's number, as a shell reports a process ended by it (SIGTERM's
+    for processes that stopped with another one)."""
+    return 128 + (self.signum or signal.SIGTERM)
 
 
 def requested() -> signal.Signals | None:

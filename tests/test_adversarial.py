@@ -15,6 +15,11 @@ import pytest
 
 from rrjax import adversarial, sharding
 
+# Numerically sensitive: attacks on 8 devices against 1, and against closed forms.
+# .ci/run runs these tests again with XLA's CPU code capped at AVX.
+pytestmark = pytest.mark.numerics
+
+
 SHAPE = (8, 4, 4, 3)
 PIXELS = int(np.prod(SHAPE[1:]))
 STEP_COUNTS = (0, 1, 2, 5, 10)

@@ -19,6 +19,11 @@ from rrjax import adversarial, config as config_lib, evaluate, losses, objective
 from rrjax import operators, results, sharding, train
 from rrjax.evaluators import adversarial as adversarial_evaluator
 
+# Numerically sensitive: attacks inside sharded steps against references.
+# .ci/run runs these tests again with XLA's CPU code capped at AVX.
+pytestmark = pytest.mark.numerics
+
+
 EPS, STEPS, STEP_SIZE = 4 / 255, 3, 2 / 255
 PGD = {"kind": "pgd", "eps": EPS, "steps": STEPS, "step_size": STEP_SIZE, "norm": "linf"}
 MASK = {"kind": "mask", "p": 0.5}

@@ -14,13 +14,18 @@ import numpy as np
 import pytest
 
 from rrjax import config as config_lib
-from rrjax import sharding
+from rrjax import preemption, sharding
 from rrjax.cache import (TeacherCache, build, build_cache, cache_fingerprint, from_config,
                          store, verify_cache)
 from rrjax.data import prepare, sources
 from rrjax.data.pipeline import TrainLoader
 from rrjax.data.synthetic import make_image_folder
 from rrjax.data.views import ViewSpec
+
+# Numerically sensitive: sharded and multi-host builds against single-device ones.
+# .ci/run runs these tests again with XLA's CPU code capped at AVX.
+pytestmark = pytest.mark.numerics
+
 
 IMAGE_SIZE = 16
 VIEW_SPEC = ViewSpec(size=IMAGE_SIZE, resize_size=18)
@@ -283,6 +288,7 @@ REPO_DIR = os.path.dirname(TESTS_DIR)
 CONFIG_TEMPLATE = """
 from rrjax.config import base_config
 
+
 def get_config():
   c = base_config()
   c.data.source, c.data.name, c.data.root, c.data.wnids = "folder", "synthetic", {root!r}, ""
@@ -463,3 +469,31 @@ def test_records_preparation_enters_the_dataset_identity(tmp_path):
                                                    sources.RecordSource(out, "train")))
   assert identities[0] != identities[1]
   assert identities[1]["preparation"]["shorter_side"] == 24
+
+
+class SignallingSource(ListSource):
+  """Sends this process SIGTERM when example `at` is read (num_workers=0: the reads
+  run in the builder's thread, between its batches)."""
+
+  def __init__(self, at):
+    super().__init__()
+    self.at = at
+
+  def __getitem__(self, i):
+    if i == self.at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return super().__getitem__(i)
+
+
+def test_sigterm_keeps_the_finished_chunks_and_the_rerun_completes_them(
+    reference, teacher, source, tmp_path):
+  path = tmp_path / "stopped"
+  with pytest.raises(preemption.Stopped, match="stopped by SIGTERM; the teacher cache keeps"):
+    _build(teacher, SignallingSource(at=9), path, chunk_rows=4)  # During chunk 2 of 5.
+  partial = TeacherCache.open(str(path), require_complete=False)
+  finished = partial.finished_ids()
+  assert 0 < len(finished) < NUM_EXAMPLES and set(finished) <= set(range(12)), finished
+  rest = _build(teacher, source, path)
+  assert rest.chunks_already_done == len(finished) // 4
+  np.testing.assert_array_equal(TeacherCache.open(str(path)).to_numpy(),
+                                TeacherCache.open(str(reference[0])).to_numpy())

