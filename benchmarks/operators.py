@@ -14,8 +14,8 @@ numpy/scipy: what a CPU data-loader worker would run per image, in one thread: m
 
 choice: the training operator of configs/unknown_corruptions.py (a 35-way mixture: 7
 ImageNet-C corruptions x 5 severities as nested choices) on a [choice_batch_size, S, S, 3]
-batch, timed like the JAX settings above, next to each of its 35 entries alone on the same
-batch; prints the mixture's seconds per call, the entries' mean, and their ratio (the
+batch, next to each of its 35 entries alone on the same batch, all compiled first, then
+timed in interleaved rounds (--repeats, a fresh key each); prints the mixture's seconds per call, the entries' mean, and their ratio (the
 mixture costs what it draws when the ratio is near 1; the entries' sum when near 35).
 """
 
@@ -99,13 +99,25 @@ def leaf_specs(spec) -> list[dict]:
 
 
 def choice_cost(images, repeats: int) -> None:
+  """Times the mixture and each entry in interleaved rounds (all compiled first), so that
+  the machine's load drifting over the run weighs on both alike."""
   spec = mixture_spec()
-  entries = [jax_seconds_per_call(leaf, images, repeats) for leaf in leaf_specs(spec)]
-  mixture = jax_seconds_per_call(spec, images, repeats)
-  mean = sum(entries) / len(entries)
+  specs = [spec, *leaf_specs(spec)]
+  ops = [jax.jit(operators.build(s)) for s in specs]
+  keys = jax.random.split(jax.random.key(1), repeats + 1)
+  for op in ops:
+    op(keys[0], images).block_until_ready()  # Compilation.
+  seconds = np.zeros(len(ops))
+  for key in keys[1:]:
+    for i, op in enumerate(ops):
+      start = time.perf_counter()
+      op(key, images).block_until_ready()
+      seconds[i] += (time.perf_counter() - start) / repeats
+  mixture, entries = seconds[0], seconds[1:]
   print(f"choice of {len(entries)} entries ({operators.describe(spec)[:60]}...), batch "
-        f"{images.shape}: mixture {mixture:.3f} s/call, entries' mean {mean:.3f} s/call "
-        f"(min {min(entries):.3f}, max {max(entries):.3f}), ratio {mixture / mean:.2f}")
+        f"{images.shape}: mixture {mixture:.3f} s/call, entries' mean {entries.mean():.3f} "
+        f"s/call (min {entries.min():.3f}, max {entries.max():.3f}), ratio "
+        f"{mixture / entries.mean():.2f}")
 
 
 def numpy_images_per_second(spec, images: np.ndarray) -> float:
