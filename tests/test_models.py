@@ -1,4 +1,4 @@
-"""ResNet students (rrjax.models.resnet), their 1x1 convolutions (rrjax.models.pointwise)
+"""ResNet students (rrjax.models.resnet), their 1x1 convolutions (rrjax.models.convolutions)
 and ImageNet initialisation (rrjax.models.pretrained).
 
 References: torchvision's parameter counts, transformers' own PyTorch ResNets on tiny
@@ -24,7 +24,7 @@ from flax.traverse_util import flatten_dict
 
 from rrjax import models, sharding
 from rrjax.models import pretrained, resnet
-from rrjax.models.pointwise import PointwiseConv
+from rrjax.models.convolutions import PointwiseConv, SameConv
 
 # Tiny architectures: a projection shortcut with stride 1 and 2, identity shortcuts,
 # several blocks per stage, both block kinds. Names are the HF `layer_type`.
@@ -125,6 +125,36 @@ def test_pointwise_conv_is_the_1x1_convolution(strides, size):
   # float32 sums of 12 products of magnitude ~1: rounding well below 1e-5.
   np.testing.assert_allclose(ours.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_same_conv_is_the_stride_1_convolution(kernel_size):
+  """SameConv is flax's stride-1 nn.Conv with padding k // 2 (same parameter and initial
+  values); its hand-written kernel gradient is the numpy sum over output pixels of the
+  shifted, zero-padded input times the output gradient, and its input gradient nn.Conv's."""
+  init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 6, 7, 4)).astype(np.float32)
+  cotangent = rng.normal(size=(2, 6, 7, 5)).astype(np.float32)
+  ours = SameConv(5, kernel_size, kernel_init=init)
+  pad = kernel_size // 2
+  conv = nn.Conv(5, (kernel_size, kernel_size), padding=pad, use_bias=False, kernel_init=init)
+  variables = ours.init(jax.random.key(3), x)
+  np.testing.assert_array_equal(variables["params"]["kernel"],
+                                conv.init(jax.random.key(3), x)["params"]["kernel"])
+  output, vjp = jax.vjp(ours.apply, variables, x)
+  reference_output, reference_vjp = jax.vjp(conv.apply, variables, x)
+  kernel_grad, input_grad = vjp(cotangent)
+  _, reference_input_grad = reference_vjp(cotangent)
+  padded = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  expected = np.zeros((kernel_size, kernel_size, 4, 5))
+  for i in range(kernel_size):
+    for j in range(kernel_size):
+      expected[i, j] = np.einsum("bhwc,bhwd->cd", padded[:, i:i + 6, j:j + 7], cotangent)
+  # float32 sums of at most 84 products of magnitude ~1: rounding well below 1e-4.
+  np.testing.assert_allclose(output, reference_output, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(kernel_grad["params"]["kernel"], expected, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(input_grad, reference_input_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_outputs_aux_and_head(tiny_variables):
