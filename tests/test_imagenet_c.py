@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rrjax import imagenet_c, operators
+from rrjax import evaluate, imagenet_c, operators, sharding
 from support import imagecorruptions_ref
 
 H, W = 57, 70
@@ -363,3 +363,26 @@ def test_glass_blur_moves_match_the_sequential_loop():
         x[y, xx], x[y + dy, xx + dx] = x[y + dy, xx + dx], x[y, xx]
   sources = imagenet_c.blur._glass_sources(jnp.asarray(shifts, jnp.int32), h, w, delta)
   np.testing.assert_array_equal(np.asarray(sources), x.ravel())
+
+
+def test_severities_share_one_compiled_evaluation_program():
+  """The five severities of a corruption run through one evaluation program with the
+  severity as an argument: one compile, each severity's outputs those of its own operator."""
+  images = np.random.default_rng(4).integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
+  batch = {"image": images, "label": np.zeros(8, np.int32), "id": np.arange(8, dtype=np.int32),
+           "valid": np.ones(8, bool)}
+  output_fn = lambda variables, corrupted, batch: jnp.mean(corrupted, axis=(1, 2))
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  built = [operators.build({"kind": "imagenet_c", "corruption": "gaussian_noise", "severity": s})
+           for s in SEVERITIES]
+  assert len({op.program for op in built}) == 1
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), i))(
+      jnp.arange(8))
+  for op in built:
+    got = evaluate.collect_outputs(output_fn, None, [batch], mesh=mesh, key=jax.random.key(0),
+                                   repeats=1, operator=op)
+    want = np.mean(op.keyed(keys, images / 255.0), axis=(1, 2))
+    # The same float32 operations in another program: equal up to fusion choices.
+    np.testing.assert_allclose(got["outputs"][0], want, atol=1e-6)
+  run = evaluate._compiled_draws(output_fn, built[0].program, 1, sharding.replicated(mesh))
+  assert run._cache_size() == 1
