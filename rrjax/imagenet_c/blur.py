@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rrjax.imagenet_c.filters import (Corruption, HIGHEST, clipped_zoom, correlation_matrix,
-                                     motion_blur, skimage_gaussian)
+                                      motion_blur, skimage_gaussian)
 
 
 def _gaussian_blur(x, draws, sigma):
