@@ -30,7 +30,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file, save_file
 
-from rrjax import hub, models, operators, sharding, train
+from rrjax import checkpoints, hub, models, operators, sharding, train
 from rrjax.models import clip
 from rrjax.models.clip import spec as spec_lib, tokenizer as tokenizer_lib
 from rrjax.stages import student as student_stage
@@ -102,7 +102,7 @@ def final_student(config, workdir: str) -> tuple[train.TrainState, int]:
   `rrjax.stages.student.load` restores another run's student."""
   ctx = Context(config=config, workdir=workdir, mesh=sharding.make_mesh())
   like = student_stage.initial_state(ctx, 1)
-  state = train.load_final_state(os.path.join(workdir, "student"), like, ctx.mesh)
+  state = checkpoints.load_final_state(os.path.join(workdir, "student"), like, ctx.mesh)
   return jax.device_get(state), ctx.teacher.dim
 
 

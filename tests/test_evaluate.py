@@ -127,7 +127,7 @@ def test_eval_stage_loads_the_student_and_builds_the_text_classifier_once(tmp_pa
   and read the classifier the first run stored. (The attacks themselves are left to
   tests/test_adversarial_training.py: compiling APGD would double this test's time.)"""
   from rrjax import config as config_lib
-  from rrjax import stages, train, zero_shot
+  from rrjax import checkpoints, stages, zero_shot
   from rrjax.evaluators import RunModels
   from rrjax.evaluators import adversarial as adversarial_evaluator
   from rrjax.evaluators import zero_shot as zero_shot_evaluator
@@ -148,7 +148,8 @@ def test_eval_stage_loads_the_student_and_builds_the_text_classifier_once(tmp_pa
       return fn(*args, **kwargs)
     return wrapped
 
-  monkeypatch.setattr(train, "load_final_state", counting("restores", train.load_final_state))
+  monkeypatch.setattr(checkpoints, "load_final_state",
+                      counting("restores", checkpoints.load_final_state))
   monkeypatch.setattr(zero_shot, "classifier", counting("classifiers", zero_shot.classifier))
   monkeypatch.setattr(checkpoint.Checkpoint, "variables",
                       counting("checkpoint_reads", checkpoint.Checkpoint.variables))

@@ -7,7 +7,7 @@ Artifact: `WORKDIR/baseline/checkpoints` (the last one is the trained classifier
 
 from __future__ import annotations
 
-from rrjax import models, objectives, train
+from rrjax import checkpoints, models, objectives, train
 from rrjax.stages import artifacts
 from rrjax.stages import student as student_stage
 from rrjax.stages.context import Context
@@ -54,5 +54,5 @@ def load(ctx: Context, needed_by: str) -> dict:
   """The trained classifier's variables (params and model state)."""
   artifacts.require(ctx.workdir, NAME, needed_by)
   target = _state(ctx, student_stage.zero_variables(model(ctx), ctx.config.data.image_size), 1)
-  state = train.load_final_state(artifacts.stage_dir(ctx.workdir, NAME), target, ctx.mesh)
+  state = checkpoints.load_final_state(artifacts.stage_dir(ctx.workdir, NAME), target, ctx.mesh)
   return {"params": state.params, **state.model_state}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rrjax import models, objectives, train
+from rrjax import checkpoints, models, objectives, train
 from rrjax.stages import artifacts
 from rrjax.stages.context import Context
 
@@ -123,7 +123,7 @@ def load(ctx: Context, needed_by: str) -> dict:
   artifacts.require(workdir, NAME, needed_by,
                     alternative="set student.restore_from to a finished run's workdir")
   target = _state(ctx, zero_variables(model(ctx), ctx.config.data.image_size), 1)
-  state = train.load_final_state(artifacts.stage_dir(workdir, NAME), target, ctx.mesh)
+  state = checkpoints.load_final_state(artifacts.stage_dir(workdir, NAME), target, ctx.mesh)
   return {"params": state.params, **state.model_state}
 
 
