@@ -84,58 +84,47 @@ def _wait(processes, logs, timeout=900):
   return {name: (p.returncode, (logs / name).read_text()) for name, p in processes.items()}
 
 
-@pytest.fixture(scope="module")
-def runs(env, tmp_path_factory):
-  """(one-process workdir, two-process workdir), run at the same time."""
-  single, multi = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two")
-  logs = tmp_path_factory.mktemp("logs")
-  processes = {"single.txt": _start(single, logs / "single.txt", env, 8)}
-  processes.update(zip(("process0.txt", "process1.txt"), _start_pair(multi, logs, env)))
-  for name, (code, log) in _wait(processes, logs).items():
-    assert code == 0, f"{name} failed:\n{log[-6000:]}"
-  return single, multi
-
-
 def _logged_steps(workdir):
   path = workdir / "metrics.jsonl"
   lines = path.read_text().splitlines() if path.exists() else []
   return [r["step"] for r in map(json.loads, lines) if "student/loss" in r]
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_ends_identically(
-    env, runs, tmp_path):
-  """Process 1 alone gets SIGTERM mid-training: both processes finish the same step,
-  checkpoint it together and exit 143; the same command then resumes there and ends
-  with exactly the parameters of the uninterrupted two-process run."""
-  _, multi = runs
-  for name in ("cache", "teacher_cache"):  # The cache stage, done: skipped by the runs.
-    shutil.copytree(multi / name, tmp_path / name)
-  logs = tmp_path / "logs"
-  logs.mkdir()
-  pair = _start_pair(tmp_path, logs, env)
-  deadline = time.time() + 300
-  while max(_logged_steps(tmp_path), default=0) < 8:
+PAIR_LOGS = ("process0.txt", "process1.txt")
+
+
+@pytest.fixture(scope="module")
+def runs(env, tmp_path_factory):
+  """(one-process workdir, two-process workdir, what the pair printed when stopped): the
+  one process runs through; process 1 of the pair gets SIGTERM mid-training, and the
+  pair then runs the same command again to the end, at the same time."""
+  single, multi = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two")
+  logs, resumed_logs = tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("resumed")
+  one = {"single.txt": _start(single, logs / "single.txt", env, 8)}
+  pair = _start_pair(multi, logs, env)
+  deadline = time.time() + 600
+  while max(_logged_steps(multi), default=0) < 8:
     assert all(p.poll() is None for p in pair) and time.time() < deadline, "no step 8"
     time.sleep(0.05)
   pair[1].send_signal(signal.SIGTERM)
-  stopped = _wait(dict(zip(("process0.txt", "process1.txt"), pair)), logs, timeout=120)
+  stopped = _wait(dict(zip(PAIR_LOGS, pair)), logs, timeout=120)
+  resumed = _wait(dict(zip(PAIR_LOGS, _start_pair(multi, resumed_logs, env))), resumed_logs)
+  for name, (code, log) in {**_wait(one, logs), **resumed}.items():
+    assert code == 0, f"{name} failed:\n{log[-6000:]}"
+  return single, multi, stopped, resumed
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_resumes_there(runs):
+  """Process 1 alone got SIGTERM mid-training: both processes finished the same step,
+  checkpointed it together and exited 143 (the resumed run's parameters are compared with
+  the uninterrupted one-process run below)."""
+  _, multi, stopped, resumed = runs
   for name, (code, log) in stopped.items():
     assert code == 128 + signal.SIGTERM, f"{name}:\n{log[-6000:]}"
   saved = re.search(r"stopped by a signal to another process; student saved step (\d+) of 24",
                     stopped["process0.txt"][1])
   assert saved and 8 <= int(saved[1]) < 24, stopped["process0.txt"][1][-3000:]
-  assert [p.name for p in (tmp_path / "student" / "checkpoints").iterdir()] == [saved[1]]
-  assert not (tmp_path / "student" / "done.json").exists()
-  resumed = _wait(dict(zip(("process0.txt", "process1.txt"), _start_pair(tmp_path, logs, env))),
-                  logs)
-  for name, (code, log) in resumed.items():
-    assert code == 0, f"{name}:\n{log[-6000:]}"
-  assert f"student: resumed from step {saved[1]}" in resumed["process0.txt"][1]
-  step, params = _final_student(tmp_path)
-  reference_step, reference = _final_student(multi)
-  assert step == reference_step == 24 and params.keys() == reference.keys()
-  for key in params:
-    np.testing.assert_array_equal(params[key], reference[key], err_msg=str(key))
+  assert f"student: resumed from step {saved[1]} " in resumed["process0.txt"][1]
 
 
 def _final_student(workdir):
@@ -156,9 +145,9 @@ def _done(workdir, stage):
 
 
 def test_two_processes_build_the_same_teacher_cache(runs):
-  single, multi = runs
+  single, multi, _, _ = runs
   path = os.path.join("teacher_cache", "train", "train_views")
-  reference, shared = (TeacherCache.open(str(w / path)) for w in runs)
+  reference, shared = (TeacherCache.open(str(w / path)) for w in runs[:2])
   assert shared.is_complete
   # Same embeddings up to float32 rounding: the teacher saw batches of 2 vs 4 rows per
   # device, so XLA blocks its matmuls differently (and differently again per instruction
@@ -169,7 +158,7 @@ def test_two_processes_build_the_same_teacher_cache(runs):
   np.testing.assert_allclose(embeddings, expected, rtol=0,
                              atol=1e-4 * np.abs(expected).max())
   # Each process built its share of the chunks (process 0 reports its own).
-  built_alone, built_shared = (_done(w, "cache")["train"] for w in runs)
+  built_alone, built_shared = (_done(w, "cache")["train"] for w in runs[:2])
   assert built_alone["chunks_this_process"] == built_alone["num_chunks"]
   assert built_shared["chunks_this_process"] == -(-built_alone["num_chunks"] // 2)
 
@@ -185,7 +174,7 @@ def _trajectory(workdir):
 
 
 def test_two_processes_train_the_same_student(runs):
-  single, multi = runs
+  single, multi, _, _ = runs
   trajectory, shared_trajectory = _trajectory(single), _trajectory(multi)
   assert sorted(trajectory) == sorted(shared_trajectory) == list(range(1, 25))
   # Step 1 is about the split alone: the same parameters, the same global batch, targets
@@ -218,8 +207,8 @@ def test_two_processes_train_the_same_student(runs):
 
 
 def test_only_process_zero_writes_shared_files(runs):
-  single, multi = runs
-  lines = [(w / "metrics.jsonl").read_text().splitlines() for w in runs]
+  single, multi, _, _ = runs
+  lines = [(w / "metrics.jsonl").read_text().splitlines() for w in runs[:2]]
   logged = [[tuple(sorted(k for k in json.loads(l) if k != "time")) + (json.loads(l)["step"],)
              for l in text] for text in lines]
   assert logged[1] == logged[0]  # Every record once: process 1 wrote none.
