@@ -241,6 +241,10 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
       instead of replicating them (`sharding.place_state`); same results, less memory.
     profile_steps: `(start, stop)` writes a `jax.profiler` trace of steps start+1..stop
       to `workdir/profile`; `()` traces nothing.
+
+  Raises:
+    preemption.Stopped: after SIGTERM or SIGINT (on any process of the job), once the
+      step in flight finished and was checkpointed.
   """
   writer = writer or writers_lib.MetricWriter(None)
   ckpt_dir = os.path.join(workdir, "checkpoints")

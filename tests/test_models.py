@@ -26,6 +26,11 @@ from rrjax import models, sharding
 from rrjax.models import pretrained, resnet
 from rrjax.models.convolutions import PointwiseConv, SameConv
 
+# Numerically sensitive: the Flax ResNets and convolutions against PyTorch and numpy references.
+# .ci/run runs these tests again with XLA's CPU code capped at AVX.
+pytestmark = pytest.mark.numerics
+
+
 # Tiny architectures: a projection shortcut with stride 1 and 2, identity shortcuts,
 # several blocks per stage, both block kinds. Names are the HF `layer_type`.
 TINY = {
