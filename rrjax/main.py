@@ -143,8 +143,8 @@ def _override_keys(argv: list[str]) -> list[str]:
 
 def check_config_argument(argv: list[str]) -> None:
   """The config file, its arguments and every override's field, checked before absl and
-  ml_collections parse them (their errors are tracebacks); exits 2 with one short message
-  naming the file, the argument or the field, and what is valid instead."""
+  ml_collections parse them (their errors are tracebacks); raises FlagError naming the
+  file, the argument or the field, and what is valid instead."""
   from rrjax import config as config_lib
   argument = _config_argument(argv)
   if argument is None:
