@@ -255,6 +255,21 @@ def test_csv_round_trip(runs, written):
   assert (baseline["top1_mean"], baseline["top5_mean"], baseline["auc_mean"]) == (70.0, 90.0, None)
 
 
+def test_csv_carries_the_lbfgs_probes_selection(tmp_path):
+  mask = {"kind": "mask", "p": 0.9}
+  lbfgs = results.row(evaluator="classification", type="classification", method="student_probe",
+                      spec=mask, metrics={"top1": {"mean": 55.0, "std": 1.0, "sem": 0.5}},
+                      describe=operators.describe, label_fraction=1.0, solver="lbfgs",
+                      selection={"l2": 3.2e-4, "holdout_accuracy": 0.625})
+  workdir = _workdir(str(tmp_path), "lbfgs", [lbfgs, _row("student_probe", 1.0, mask, 50.0)],
+                     train_spec=mask)
+  rows, _ = report.collect([workdir])
+  report.write_csv(rows, str(tmp_path / "results.csv"))
+  back = report.read_csv(str(tmp_path / "results.csv"))
+  assert [(r["solver"], r["l2"], r["holdout_top1"]) for r in back] == [
+      ("lbfgs", 3.2e-4, 62.5), ("adam", None, None)]
+
+
 def test_plots_are_pngs_of_the_fixed_size(written):
   names = sorted(os.path.basename(p) for p in written["paths"] if p.endswith(".png"))
   # mask: several levels (range runs, Table 1 runs); noise and blur have one level each.

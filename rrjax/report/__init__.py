@@ -6,7 +6,8 @@ Reads `WORKDIR/results.json` (written by the eval stage; rows in `rrjax.results`
 of every workdir and writes into DIR (default: the current directory):
 
   results.csv   one row per (workdir, result row): setting, evaluator, method, labels,
-                solver, test operator, and each metric's mean, std and sem
+                solver (and an "lbfgs" probe's chosen l2 and held-out top-1), test
+                operator, and each metric's mean, std and sem
   report.md     the non-empty tables among
                   Table 1   ours (100%, 10% labels) and the baseline under the paper's 8
                             distortions, same distortion at train and test
@@ -52,9 +53,9 @@ from rrjax.results import METRICS
 SETTING_FIELDS = ("experiment", "dataset", "teacher", "student", "loss", "train_operator",
                   "probe_features", "repeats")
 CSV_FIELDS = ("workdir", *SETTING_FIELDS, "evaluator", "method", "label_fraction", "solver",
-              "operator", "kind", "level",
+              "l2", "holdout_top1", "operator", "kind", "level",
               *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem")), "spec")
-_NUMERIC_FIELDS = {"repeats", "label_fraction", "level",
+_NUMERIC_FIELDS = {"repeats", "label_fraction", "level", "l2", "holdout_top1",
                    *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sem"))}
 
 
@@ -92,7 +93,8 @@ def flatten(workdir: str, report: dict[str, Any]) -> list[dict[str, Any]]:
   for result in report["results"]:
     row = {"workdir": workdir, **setting, "evaluator": result["evaluator"],
            "method": result["method"], "label_fraction": float(result["label_fraction"]),
-           "solver": result.get("solver") or "", "operator": result["operator"],
+           "solver": result.get("solver") or "", "l2": result.get("l2"),
+           "holdout_top1": result.get("holdout_top1"), "operator": result["operator"],
            "kind": result["spec"]["kind"], "level": operators.severity(result["spec"])}
     for metric in METRICS:
       summary = result.get(metric) or {}
