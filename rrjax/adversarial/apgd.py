@@ -1,42 +1,4 @@
-"""Adversarial attacks on float images in [0, 1], as pure, jittable JAX functions.
-
-Three attacks, all on batches `[B, H, W, C]`, all per example (each example has its
-own perturbation delta, its own ball ||delta|| <= eps around its clean image, and the
-result is always clipped to [0, 1]):
-
-  pgd(loss_fn, images, key, eps=, steps=, step_size=, norm=)
-      Projected gradient ascent (Madry et al. 2018) on per-example losses
-      `loss_fn(images) -> [B]`: linf takes sign steps and clips delta to [-eps, eps];
-      l2 takes steps along the per-example unit gradient and rescales delta onto the
-      l2 ball. This is the inner maximisation of adversarial fine-tuning of CLIP
-      encoders: FARE (Schlarmann et al. 2024, "Robust CLIP", chs20/RobustVLM: the
-      student's squared L2 distance to the frozen encoder's clean embedding, linf
-      eps 4/255 or 2/255, 10 steps of 1/255) and TeCoA (Mao et al. 2023: the CLIP
-      contrastive loss against text embeddings). `loss_fn` closes over whatever it
-      needs (the current student parameters, the cached teacher target); the result
-      is wrapped in `stop_gradient`, so a training step that calls `pgd` inside
-      `jax.grad` gets the gradient of its loss at the perturbed images, with no
-      gradient through the attack itself.
-
-  apgd(logits_fn, images, labels, key, eps=, steps=, loss=, norm=)
-      APGD of Croce & Hein 2020 ("Reliable evaluation of adversarial robustness with
-      an ensemble of diverse parameter-free attacks", ICML; fra31/auto-attack), one
-      restart, untargeted, on cross-entropy or the DLR loss, to evaluate a classifier:
-      it returns the adversarial images and, per example, whether the prediction is
-      still correct on every point the attack visited (the clean image included).
-
-  apgd_targeted(logits_fn, images, labels, key, eps=, steps=, num_targets=, norm=)
-      AutoAttack's APGD-T: APGD on the targeted DLR loss, one run per target class
-      (the `num_targets` highest non-true classes of the clean logits), the same
-      return convention; an example is fooled when any run fooled it. With `apgd` on
-      cross-entropy it makes the attack pair of RobustBench and FARE's zero-shot tables.
-
-The gradient of an attack is that of the SUM of the per-example losses, so as long as
-`loss_fn`'s i-th value depends only on the i-th image (a model in inference mode:
-no batch statistics) each example is attacked independently of the others, and a
-batch sharded over a device mesh gives the same perturbations as on one device.
-`steps` (and `norm`, `loss`, `num_targets`) are static; `eps`, `step_size` and `rho` may be traced.
-"""
+"""APGD (Croce & Hein 2020) on cross-entropy or DLR, and AutoAttack's targeted APGD-T."""
 
 from __future__ import annotations
 
@@ -47,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-NORMS = ("linf", "l2")
+from rrjax.adversarial.ball import TINY, ascent_direction, check_attack, per_example, projection
+
 APGD_LOSSES = ("ce", "dlr")
 
 # Croce & Hein's APGD constants (fra31/auto-attack `APGDAttack`): the initial step is
@@ -59,111 +22,6 @@ _APGD_MOMENTUM = 0.75
 _APGD_FIRST_WINDOW = 0.22
 _APGD_WINDOW_DECREASE = 0.03
 _APGD_MIN_WINDOW = 0.06
-
-# Keeps unit-vector normalisations finite for a zero gradient or perturbation.
-_TINY = 1e-12
-
-
-def _check(images, norm: str, steps: int) -> None:
-  """Trace-time checks of the static arguments and the image batch."""
-  if norm not in NORMS:
-    raise ValueError(f"norm={norm!r} is not supported; use one of {NORMS}.")
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise ValueError(f"steps={steps!r} must be a static integer >= 0.")
-  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(
-        f"images must be floats in [0, 1] of shape [B, H, W, C]; got {images.dtype} "
-        f"{images.shape}.")
-
-
-def _per_example(x: jax.Array) -> jax.Array:
-  """A `[B]` vector broadcast against `[B, H, W, C]`."""
-  return x.reshape(x.shape[:1] + (1,) * 3)
-
-
-def _l2_norms(x: jax.Array) -> jax.Array:
-  """Per-example l2 norms of a `[B, ...]` batch, shape `[B]`."""
-  return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))))
-
-
-def project_linf(adv: jax.Array, images: jax.Array, eps) -> jax.Array:
-  """The nearest point to `adv` with ||adv - images||_inf <= eps, clipped to [0, 1]."""
-  return jnp.clip(images + jnp.clip(adv - images, -eps, eps), 0.0, 1.0)
-
-
-def project_l2(adv: jax.Array, images: jax.Array, eps) -> jax.Array:
-  """`adv - images` scaled onto the l2 ball of radius eps (per example) when outside it,
-  then clipped to [0, 1]. With images in [0, 1], clipping only shrinks the
-  perturbation, so the result stays in the ball."""
-  delta = adv - images
-  scale = jnp.minimum(1.0, eps / jnp.maximum(_l2_norms(delta), _TINY))
-  return jnp.clip(images + delta * _per_example(scale), 0.0, 1.0)
-
-
-def _project(norm: str):
-  return project_linf if norm == "linf" else project_l2
-
-
-def _ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
-  """The steepest-ascent direction of unit norm: sign(g) for linf, g / ||g||_2 for l2."""
-  if norm == "linf":
-    return jnp.sign(grad)
-  return grad / _per_example(jnp.maximum(_l2_norms(grad), _TINY))
-
-
-def _per_example_grad(loss_fn: Callable[[jax.Array], jax.Array]):
-  """x -> gradient of sum(loss_fn(x)): example i's gradient is its own loss's."""
-  return jax.grad(lambda x: jnp.sum(loss_fn(x)))
-
-
-def pgd(loss_fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, *,
-        eps, steps: int, step_size, norm: str = "linf",
-        random_start: bool = True) -> jax.Array:
-  """Projected gradient ascent on `loss_fn` within the eps-ball of each image.
-
-  Args:
-    loss_fn: `images [B, H, W, C] -> per-example losses [B]`, to be maximised.
-    images: clean float images in [0, 1], `[B, H, W, C]`.
-    key: the random start's key (unused when `random_start=False`).
-    eps: the radius of each example's ball (linf or l2), a float or a traced scalar.
-    steps: the number of ascent steps, static. 0 returns the starting point.
-    step_size: the length of each step (per pixel for linf, the l2 length for l2).
-    norm: "linf" or "l2".
-    random_start: start uniformly in the linf ball, or uniformly in the l2 ball
-      (a Gaussian direction, a radius eps * U^(1/n) for n = H * W * C); otherwise
-      start at the clean images.
-
-  Returns:
-    The perturbed images, `[B, H, W, C]` in [0, 1] and within eps of `images`, with
-    `stop_gradient` applied.
-  """
-  _check(images, norm, steps)
-  images = jax.lax.stop_gradient(images)
-  project = _project(norm)
-  if not random_start:
-    adv = images
-  elif norm == "linf":
-    adv = project(images + jax.random.uniform(key, images.shape, images.dtype, -eps, eps),
-                  images, eps)
-  else:
-    direction_key, radius_key = jax.random.split(key)
-    direction = _ascent_direction(
-        jax.random.normal(direction_key, images.shape, images.dtype), "l2")
-    radius = eps * jax.random.uniform(radius_key, images.shape[:1], images.dtype) ** (
-        1.0 / np.prod(images.shape[1:]))
-    adv = project(images + direction * _per_example(radius), images, eps)
-
-  grad_fn = _per_example_grad(loss_fn)
-
-  def step(_, adv):
-    ascent = _ascent_direction(grad_fn(adv), norm)
-    return project(adv + step_size * ascent, images, eps)
-
-  # The step compiles once, whatever `steps` is. Under an outer jax.grad over parameters
-  # that loss_fn closes over, stop_gradient leaves the loop's tangents unused and JAX
-  # drops them: the loop runs forward only, with no residuals kept for the backward pass.
-  adv = jax.lax.fori_loop(0, steps, step, adv)
-  return jax.lax.stop_gradient(adv)
 
 
 def dlr_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -259,7 +117,7 @@ def apgd(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
     (the clean image when only it was misclassified) where not robust, else the point
     of highest loss. All within the eps-ball and [0, 1], with `stop_gradient` applied.
   """
-  _check(images, norm, steps)
+  check_attack(images, norm, steps)
   if loss not in APGD_LOSSES:
     raise ValueError(f"loss={loss!r} is not supported by apgd; use one of {APGD_LOSSES}.")
   criterion = _apgd_loss(loss)
@@ -302,7 +160,7 @@ def apgd_targeted(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array
     attacked) or the first fooling run's last misclassified point, and where robust the
     highest-loss point of the last run.
   """
-  _check(images, norm, steps)
+  check_attack(images, norm, steps)
   images = jax.lax.stop_gradient(images)
   clean_logits = logits_fn(images).astype(jnp.float32)
   num_classes = clean_logits.shape[-1]
@@ -330,7 +188,7 @@ def apgd_targeted(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array
       run_adversarial, run_robust = _apgd_run(
           logits_fn, criterion, images, labels, still_robust, jax.random.fold_in(key, run),
           eps=eps, steps=steps, norm=norm, rho=rho)
-      return (jnp.where(_per_example(still_robust), run_adversarial, adversarial),
+      return (jnp.where(per_example(still_robust), run_adversarial, adversarial),
               run_robust)
 
     return jax.lax.cond(jnp.any(still_robust), attack, lambda: carry), None
@@ -347,7 +205,7 @@ def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,
               steps: int, norm: str, rho) -> tuple[jax.Array, jax.Array]:
   """One APGD run on the per-example loss `criterion(logits, labels) -> [B]`: `apgd`'s
   algorithm and return convention, with `clean_correct` the clean images' correctness."""
-  project = _project(norm)
+  project = projection(norm)
 
   def value_and_grad(x):
     def total(x):
@@ -360,9 +218,9 @@ def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,
 
   if norm == "linf":
     start = jax.random.uniform(key, images.shape, images.dtype, -1.0, 1.0)
-    start = start / _per_example(jnp.maximum(jnp.max(jnp.abs(start), axis=(1, 2, 3)), _TINY))
+    start = start / per_example(jnp.maximum(jnp.max(jnp.abs(start), axis=(1, 2, 3)), TINY))
   else:
-    start = _ascent_direction(jax.random.normal(key, images.shape, images.dtype), "l2")
+    start = ascent_direction(jax.random.normal(key, images.shape, images.dtype), "l2")
   adv = project(images + eps * start, images, eps)
   values, correct, grad = value_and_grad(adv)
   batch = images.shape[0]
@@ -374,24 +232,24 @@ def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,
       best=adv, best_grad=grad, best_loss=values,
       # Where the start is classified correctly, the clean image: misclassified when
       # the clean prediction is wrong, and replaced by any later misclassified point.
-      last_wrong=jnp.where(_per_example(correct), images, adv),
+      last_wrong=jnp.where(per_example(correct), images, adv),
       robust=clean_correct & correct,
       loss_history=jnp.zeros((steps + 1, batch), values.dtype).at[0].set(values),
       best_loss_at_check=values, halved_at_check=jnp.ones((batch,), bool))
   windows = jnp.asarray(apgd_checkpoints(steps))
 
   def iteration(i, s):
-    eta = _per_example(s["step"])
+    eta = per_example(s["step"])
     momentum = jnp.where(i > 0, _APGD_MOMENTUM, 1.0)
-    z = project(s["adv"] + eta * _ascent_direction(s["grad"], norm), images, eps)
+    z = project(s["adv"] + eta * ascent_direction(s["grad"], norm), images, eps)
     new = project(s["adv"] + momentum * (z - s["adv"])
                   + (1 - momentum) * (s["adv"] - s["previous"]), images, eps)
     values, correct, grad = value_and_grad(new)
     robust = s["robust"] & correct
-    last_wrong = jnp.where(_per_example(correct), s["last_wrong"], new)
+    last_wrong = jnp.where(per_example(correct), s["last_wrong"], new)
     improved = values > s["best_loss"]
-    best = jnp.where(_per_example(improved), new, s["best"])
-    best_grad = jnp.where(_per_example(improved), grad, s["best_grad"])
+    best = jnp.where(per_example(improved), new, s["best"])
+    best_grad = jnp.where(per_example(improved), grad, s["best_grad"])
     best_loss = jnp.where(improved, values, s["best_loss"])
     history = s["loss_history"].at[i + 1].set(values)
 
@@ -404,9 +262,9 @@ def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,
     checkpoint = window > 0
     halve = checkpoint & (oscillating | stalled)
     return dict(
-        adv=jnp.where(_per_example(halve), best, new),
+        adv=jnp.where(per_example(halve), best, new),
         previous=s["adv"],
-        grad=jnp.where(_per_example(halve), best_grad, grad),
+        grad=jnp.where(per_example(halve), best_grad, grad),
         step=jnp.where(halve, s["step"] / 2, s["step"]),
         best=best, best_grad=best_grad, best_loss=best_loss,
         last_wrong=last_wrong, robust=robust, loss_history=history,
@@ -414,4 +272,4 @@ def _apgd_run(logits_fn, criterion, images, labels, clean_correct, key, *, eps,
         halved_at_check=jnp.where(checkpoint, halve, s["halved_at_check"]))
 
   s = jax.lax.fori_loop(0, steps, iteration, state)
-  return jnp.where(_per_example(s["robust"]), s["best"], s["last_wrong"]), s["robust"]
+  return jnp.where(per_example(s["robust"]), s["best"], s["last_wrong"]), s["robust"]
