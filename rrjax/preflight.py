@@ -24,7 +24,7 @@ import ml_collections
 
 from rrjax import config as config_lib
 from rrjax import hub
-from rrjax.data import sources
+from rrjax.data import build_tfds, sources
 
 # Bytes per cached embedding entry (float16 by default) times a CLIP-sized dim, when the
 # teacher's own dim is not known without loading it.
@@ -136,8 +136,8 @@ def _tfds_size(data_cfg, split: str) -> tuple[int, int]:
     raise FileNotFoundError(
         f"tfds dataset {data_cfg.name!r} split {split!r} is not prepared in the array_record "
         f"format under {builder.data_dir!r} (data.root={data_cfg.root!r}); prepare it with "
-        f"`tfds build {data_cfg.name} --file_format=array_record` (ImageNet needs its "
-        "archives placed in the manual dir first) or point data.root at its data_dir.") from e
+        f"`{build_tfds.build_command(data_cfg.name, data_dir)}` (ImageNet needs its archives "
+        "placed in the manual dir first) or point data.root at its data_dir.") from e
   names = list(builder.info.features["label"].names)
   wnids = sources.class_list(data_cfg)
   if wnids is None:

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from rrjax import config as rr_config
-from rrjax.data import prepare, sources, synthetic
+from rrjax.data import build_tfds, prepare, sources, synthetic
 
 NUM_CLASSES, PER_CLASS = 3, 4
 
@@ -199,8 +200,43 @@ def test_tfds_source_restricted_to_wnids(tfds_dir):
 
 
 def test_tfds_missing_data_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r"rrjax_test_images.*data\.root"):
+  with pytest.raises(FileNotFoundError, match=r"rrjax_test_images.*data\.root") as error:
     sources.TfdsSource("rrjax_test_images", "validation", data_dir=str(tmp_path))
+  # The command it names is the one that prepares it (test_build_tfds_*).
+  assert build_tfds.build_command("rrjax_test_images", str(tmp_path)) in str(error.value)
+
+
+def test_build_tfds_prepares_what_tfds_sources_read(tmp_path, monkeypatch, capsys):
+  # This builder stores encoded PNGs, which tfds writes without TensorFlow; real image
+  # datasets' builders need it, which the command checks first (see below).
+  monkeypatch.setattr(build_tfds, "_has_tensorflow", lambda: True)
+  data_dir = str(tmp_path / "tfds")
+  build_tfds.main(["rrjax_test_images", "--data_dir", data_dir])
+  assert "--config.data.name=rrjax_test_images" in capsys.readouterr().out
+  source = sources.TfdsSource("rrjax_test_images", "validation", data_dir=data_dir)
+  assert source.class_names == TFDS_WNIDS and len(source) == len(TFDS_LABELS)
+  originals = [_tfds_index(source[i]["image"]) for i in range(len(source))]
+  assert sorted(originals) == list(range(len(TFDS_LABELS)))
+  assert [TFDS_LABELS[i] for i in originals] == [source[i]["label"] for i in range(len(source))]
+
+
+@pytest.mark.parametrize("name, has_tensorflow, message", [
+    ("rrjax_test_images", False, r'pip install -e "\.\[prepare\]"'),
+    ("imagenet2012", True, r"placed by hand in .*downloads/manual \(--manual_dir\): .*"
+                           r"ILSVRC2012_img_train\.tar"),
+    ("no_such_dataset", True, "Dataset no_such_dataset not found"),
+])
+def test_build_tfds_stops_before_downloading(name, has_tensorflow, message, tmp_path,
+                                             monkeypatch, capsys):
+  monkeypatch.setattr(build_tfds, "_has_tensorflow", lambda: has_tensorflow)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      lambda *a, **k: pytest.fail("downloaded"))
+  with pytest.raises(SystemExit) as stop:
+    build_tfds.main([name, "--data_dir", str(tmp_path)])
+  assert stop.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and re.search(message, err) and err.count("\n") == 1, err
+  assert not os.listdir(tmp_path)
 
 
 def test_tfds_mock_data_named_datasets():

@@ -24,6 +24,7 @@ from PIL import Image
 
 from rrjax.benchmark import prompts
 from rrjax.data import sources, views
+from rrjax.data.build_tfds import build_command
 
 # The test split of each dataset, as CLIP_benchmark evaluates it: tfds' test split, its
 # validation split where tfds has no test split, and VTAB's last 20% of the training
@@ -73,8 +74,8 @@ def open_dataset(name: str, data_dir: str | None = None) -> Dataset:
   except FileNotFoundError:
     raise FileNotFoundError(
         f"--datasets: tfds {name!r} ({split}) is not prepared as array_record under "
-        f"{data_dir or 'the tfds default data_dir'}; run `tfds build {name} "
-        "--file_format=array_record` or point --data_dir at it.") from None
+        f"{data_dir or 'the tfds default data_dir'}; run `{build_command(name, data_dir)}` "
+        "or point --data_dir at it.") from None
   class_names, templates = prompts.load(name)
   subset = prompts.class_subset(name)
   if subset is not None:  # ImageNet-R/A: 200 classes, labelled by ImageNet-1k index.

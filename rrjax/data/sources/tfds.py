@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rrjax.data.build_tfds import build_command
 from rrjax.data.sources.common import check_index
 
 class TfdsSource:
@@ -28,8 +29,8 @@ class TfdsSource:
     except (NotImplementedError, AssertionError) as e:  # What tfds raises for missing data.
       raise FileNotFoundError(
           f"tfds dataset {name!r} is not prepared in the array_record format under "
-          f"{builder.data_dir!r}; prepare it (`tfds build {name} "
-          "--file_format=array_record`) and set data.root to its data_dir.") from e
+          f"{builder.data_dir!r}; prepare it (`{build_command(name, data_dir)}`) and set "
+          "data.root to its data_dir.") from e
     label_names = list(builder.info.features["label"].names)
     self._index = self._label_map = None
     if wnids is None:
