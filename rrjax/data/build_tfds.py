@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import sys
 from typing import Sequence
 
 
@@ -71,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                 f"prepare it where the host is reachable and copy {builder.data_dir} here.\n")
   print(f"prepared {args.name} under {builder.data_dir}; train on it with "
         f"--config.data.source=tfds --config.data.name={args.name}"
-        + (f" --config.data.root={args.data_dir}" if args.data_dir else ""), file=sys.stdout)
+        + (f" --config.data.root={args.data_dir}" if args.data_dir else ""))
   return builder.data_dir
 
 
