@@ -40,10 +40,10 @@ batch sharded over a device mesh gives the same perturbations as on one device.
 
 from __future__ import annotations
 
-from rrjax.adversarial.apgd import (APGD_LOSSES, apgd, apgd_checkpoints, apgd_targeted,
-                                    dlr_loss, targeted_dlr_loss)
+from rrjax.adversarial.autoattack import (APGD_LOSSES, apgd, apgd_checkpoints, apgd_targeted,
+                                          dlr_loss, targeted_dlr_loss)
 from rrjax.adversarial.ball import NORMS, project_l2, project_linf
-from rrjax.adversarial.pgd import pgd
+from rrjax.adversarial.projected_gradient import pgd
 
 __all__ = ["APGD_LOSSES", "NORMS", "apgd", "apgd_checkpoints", "apgd_targeted", "dlr_loss", "pgd",
            "project_l2", "project_linf", "targeted_dlr_loss"]
