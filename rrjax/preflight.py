@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 
 import ml_collections
 
@@ -203,10 +204,10 @@ def _check_hub_reachable(name: str) -> None:
 def _check_workdir(workdir: str, cache_bytes: int) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".rrjax_write_test")
-    with open(probe, "w") as f:
+    # A file of its own (removed on close): the processes of a multi-host job check the
+    # same workdir at once, and one's removal of a shared name failed the other's check.
+    with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".rrjax_write_test.") as f:
       f.write("ok")
-    os.remove(probe)
   except OSError as e:
     raise PreflightError(f"--workdir={workdir!r} is not writable ({e}); choose another "
                          "directory.") from e

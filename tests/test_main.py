@@ -2,6 +2,7 @@
 the whole pipeline, kill-and-resume to identical parameters, and bad input refused
 before anything compiles."""
 
+import concurrent.futures
 import glob
 import importlib.metadata
 import json
@@ -18,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rrjax import config as config_lib
-from rrjax import smoke, stages
+from rrjax import preflight, smoke, stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "mask.py") + ":smoke"
@@ -364,6 +365,17 @@ def test_an_embed_only_plug_in_teacher_runs_the_teacher_probe_end_to_end(env, tm
   stages.run_stages(config, str(tmp_path))
   (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
   assert row["method"] == "teacher_probe" and 0 <= row["top1"]["mean"] <= 100
+
+
+def test_workdir_check_holds_for_processes_that_share_the_workdir(tmp_path):
+  """The processes of a multi-host job check one workdir at the same time; with one shared
+  probe file, one process's removal failed another's check (seen in test_multihost)."""
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda _: preflight._check_workdir(str(tmp_path), 0), range(400)))
+  assert not os.listdir(tmp_path)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(preflight.PreflightError, match="--workdir=.*is not writable"):
+    preflight._check_workdir(str(tmp_path / "file" / "run"), 0)
 
 
 @pytest.mark.parametrize("case", ["teacher_dir", "corrupt_jpeg", "corrupt_skipped"])
