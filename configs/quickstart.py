@@ -1,10 +1,10 @@
 """Quickstart: the whole method on Imagenette (10 easy ImageNet classes, 9,469 training /
 3,925 validation images; `python -m rrjax.data.build_tfds imagenette` downloads and
-prepares it once, about 1.5 GB, with TensorFlow from the `prepare` extra) with the real CLIP ViT-B/32 teacher
-(`openai/clip-vit-base-patch32`, transformers layout, from the Hugging Face hub) as the
-teacher and as the student's initialisation, 90% pixel masks, on a single GPU. The
-trained student is a drop-in robust CLIP: `python -m rrjax.export workdirs/quickstart
---format hf --out DIR` writes it next to the original text tower.
+prepares it once, about 1.5 GB, with TensorFlow from the `prepare` extra) with the real
+CLIP ViT-B/32 teacher (`openai/clip-vit-base-patch32`, transformers layout, from the
+Hugging Face hub) as the teacher and as the student's initialisation, 90% pixel masks, on
+a single GPU. The trained student is a drop-in robust CLIP: `python -m rrjax.export
+workdirs/quickstart --format hf --out DIR` writes it next to the original text tower.
 
   pip install -e ".[cuda12,prepare]"
   python -m rrjax.data.build_tfds imagenette
