@@ -29,7 +29,6 @@ def get_config(arg=None):
   c.data.name, c.data.wnids = "imagenette", ""
   c.data.train_split, c.data.eval_split = "train", "validation"
   c.teacher.name = "openai/clip-vit-base-patch32"
-  c.student.dtype = "bfloat16"
   c.operator = {"kind": "mask", "p": args.p}
   c.cache.num_views = 10
   c.num_epochs = 15

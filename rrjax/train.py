@@ -113,6 +113,23 @@ def train_step(state: TrainState, batch, key: jax.Array, frozen, *, loss_fn: Los
   return new_state, metrics
 
 
+def jitted_step(loss_fn: LossFn, state_shardings, mesh, dynamic_loss_scale: bool = False):
+  """The program `fit` runs each step, jitted: `(state, batch, key, frozen, stop) ->
+  (state, metrics, stop_any)`. The state is donated and stays in `state_shardings`;
+  `stop` holds each device's "was this process asked to stop" flag. Trace it under
+  `jax.set_mesh(mesh)` (a choice operator groups each device's images there)."""
+  replicated = sharding.replicated(mesh)
+
+  def step_and_stop(s, b, k, f, stop):
+    # Whether any process was asked to stop rides along with the step, so every process
+    # reads the same answer after the same step, without a collective of its own.
+    return (*train_step(s, b, k, f, loss_fn=loss_fn, dynamic_loss_scale=dynamic_loss_scale),
+            jnp.any(stop))
+
+  return jax.jit(step_and_stop, out_shardings=(state_shardings, replicated, replicated),
+                 donate_argnums=0)
+
+
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
@@ -249,7 +266,6 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
   writer = writer or writers_lib.MetricWriter(None)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   manager = checkpoints.manager(ckpt_dir, keep_checkpoints)
-  replicated = sharding.replicated(mesh)
   # A copy: the step donates its input state, and the caller may still hold this one.
   state = sharding.place_state(jax.tree.map(jnp.copy, state), mesh, shard_params)
   frozen = sharding.replicate(frozen, mesh)
@@ -259,16 +275,8 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
     loader.set_state(loader_state)
     console.say(f"{name}: resumed from step {resumed_from} in {ckpt_dir}")
 
-  def step_and_stop(s, b, k, f, stop):
-    # Whether any process was asked to stop rides along with the step, so every process
-    # reads the same answer after the same step, without a collective of its own.
-    return (*train_step(s, b, k, f, loss_fn=loss_fn, dynamic_loss_scale=dynamic_loss_scale),
-            jnp.any(stop))
-
-  step_fn = jax.jit(
-      step_and_stop,
-      out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated, replicated),
-      donate_argnums=0)
+  step_fn = jitted_step(loss_fn, jax.tree.map(lambda x: x.sharding, state), mesh,
+                        dynamic_loss_scale)
   key = sharding.replicate(key, mesh)
   local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
   # On CPU devices, two programs with collectives running together can deadlock XLA's

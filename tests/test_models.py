@@ -22,6 +22,7 @@ import flax.linen as nn
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict
 
+from rrjax import config as config_lib
 from rrjax import models, sharding
 from rrjax.models import pretrained, resnet
 from rrjax.models.convolutions import PointwiseConv, SameConv
@@ -160,6 +161,13 @@ def test_same_conv_is_the_stride_1_convolution(kernel_size):
   np.testing.assert_allclose(output, reference_output, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(kernel_grad["params"]["kernel"], expected, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(input_grad, reference_input_grad, rtol=1e-5, atol=1e-5)
+  # Forward mode too: the tangent is nn.Conv's (the convolution is bilinear, so its JVP
+  # is conv(dx, K) + conv(x, dK)), within the same rounding.
+  tangents = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype),
+                          (variables, x))
+  _, tangent_out = jax.jvp(ours.apply, (variables, x), tangents)
+  _, reference_tangent = jax.jvp(conv.apply, (variables, x), tangents)
+  np.testing.assert_allclose(tangent_out, reference_tangent, rtol=1e-5, atol=1e-4)
 
 
 def test_outputs_aux_and_head(tiny_variables):
@@ -253,6 +261,18 @@ def test_build_model_maps_config():
   module = models.build_model(student_config(model="resnet18", dtype="float16",
                                            init="imagenet:microsoft/resnet-18"), 10)
   assert module.block == "basic" and module.dtype == jnp.float16
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu", jnp.float32), ("gpu", jnp.bfloat16),
+                                               ("tpu", jnp.bfloat16)])
+def test_auto_dtype_is_bfloat16_on_accelerators_only(monkeypatch, backend, expected):
+  """The default compute dtype: bfloat16 where matrix units run it natively, float32 on
+  CPUs (where XLA emulates bfloat16); the module's parameters stay float32 either way."""
+  assert config_lib.base_config().student.dtype == "auto"
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  module = models.build_model(student_config(model="resnet18", dtype="auto"), 10)
+  assert module.dtype == expected
+  assert {x.dtype for x in jax.tree.leaves(_shapes(module))} == {jnp.dtype(jnp.float32)}
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -4,7 +4,8 @@
 image tower of the CLIP checkpoint `teacher_name`, ViT or ModifiedResNet, with no extra
 head), `init` ("random", "imagenet:<hub id or local dir>" for ResNets, "teacher" for
 "clip": the checkpoint's own weights, the paper's setting) and `dtype` ("float32" |
-"bfloat16" | "float16", the compute dtype; parameters stay float32).
+"bfloat16" | "float16" | "auto": bfloat16 on GPUs and TPUs, float32 on CPUs; the compute
+dtype: parameters, optimiser state, BatchNorm statistics and outputs stay float32).
 """
 
 from __future__ import annotations
@@ -18,15 +19,26 @@ import jax.numpy as jnp
 from rrjax.models import pretrained, resnet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# "auto": bfloat16 where the matrix units are made for it (GPUs, TPUs), float32 on CPUs,
+# where XLA emulates bfloat16 arithmetic and it costs time instead of saving it.
+AUTO = "auto"
 MODEL_NAMES = (*resnet.PRESETS, "clip")
 CLIP_INITS = ("teacher", "random")
 _IMAGENET = "imagenet:"
 
 
+def resolve_dtype(name: str) -> str:
+  """The compute dtype's name, "auto" resolved for the default backend."""
+  if name != AUTO:
+    return name
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def parse_dtype(name: str, field: str = "student.dtype"):
-  if name not in DTYPES:
-    raise ValueError(f"{field}={name!r}; choose one of {list(DTYPES)}.")
-  return DTYPES[name]
+  """The jnp dtype of `name` ("float32", "bfloat16", "float16" or "auto")."""
+  if name not in (*DTYPES, AUTO):
+    raise ValueError(f"{field}={name!r}; choose one of {[*DTYPES, AUTO]}.")
+  return DTYPES[resolve_dtype(name)]
 
 
 def _check_resnet_init(init: str) -> None:
