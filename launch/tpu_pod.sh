@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A Cloud TPU VM pod slice (e.g. v4-32: 4 workers): ships the repository's current commit
 # to every worker and starts the same rrjax command on all of them with
-# `gcloud compute tpus tpu-vm ssh --worker=all`. jax.distributed finds the pod by itself
-# (rrjax.main calls jax.distributed.initialize() when TPU_WORKER_HOSTNAMES lists several
-# workers), so no coordinator address is needed.
+# `gcloud compute tpus tpu-vm ssh --worker=all`. jax.distributed finds the pod by itself:
+# rrjax.main calls jax.distributed.initialize() when jax's cluster detection, which asks
+# the TPU VM's metadata server for the workers, finds several; no coordinator address is
+# needed.
 #
 #   TPU_NAME=NAME TPU_ZONE=ZONE launch/tpu_pod.sh CONFIG WORKDIR [--config.field=value ...]
 #
@@ -21,8 +22,10 @@
 #   RRJAX_REMOTE_DIR    where the code goes on the workers (default: rrjax, in $HOME)
 #   RRJAX_INSTALL=1     run pip install -e ".[tpu]" on every worker before the job
 #   PYTHON              the interpreter on the workers (default: python3)
-# Environment it sets on the workers: none (the TPU runtime provides TPU_WORKER_ID and
-# TPU_WORKER_HOSTNAMES, from which jax derives the process ids and the coordinator).
+# Environment it sets on the workers: none. An ssh session on a TPU VM usually has no
+# TPU_WORKER_* variables (those are GKE's); jax reads each worker's number and the list of
+# workers from the GCE metadata server (agent-worker-number, worker-network-endpoints),
+# derives the process ids from them and makes worker 0 the coordinator.
 set -euo pipefail
 
 if [[ $# -lt 2 || -z "${TPU_NAME:-}" || -z "${TPU_ZONE:-}" ]]; then

@@ -7,8 +7,8 @@ left unfinished. `--config.x=y` overrides any field; misspelt fields are rejecte
 progress bars, warnings and the results; all logs go to WORKDIR/log.txt (`--verbosity=1`
 shows them here too). Bad input ends with a short message (`--debug`: the traceback).
 Multi-host: set RRJAX_COORDINATOR=host:port, RRJAX_NUM_PROCESSES and RRJAX_PROCESS_ID
-(or run under SLURM with several tasks, or on a TPU pod slice) and every process runs
-this same command (see `launch/`).
+(or run under srun or mpirun with several tasks, or on a TPU pod slice, where JAX's
+cluster detection finds the job) and every process runs this same command (`launch/`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -34,17 +35,104 @@ _VERSIONED = ("rrjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "hu
               "tokenizers", "tensorflow-datasets", "numpy")
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-process job when the environment describes one."""
+def initialize_distributed(environ: Mapping[str, str] = os.environ) -> None:
+  """Joins a multi-process job when the environment describes one.
+
+  RRJAX_COORDINATOR=host:port, RRJAX_NUM_PROCESSES and RRJAX_PROCESS_ID name the job
+  (`launch/slurm.sbatch` sets them), and JAX's cluster detection is switched off: under
+  srun it would still give each process only the GPU numbered SLURM_LOCALID. Otherwise
+  the job is the one JAX's cluster detection finds (`detected_cluster`), if it has
+  several processes. Each process drives the GPUs of `local_device_ids`. Raises
+  ValueError for an incomplete RRJAX_* description or GPUs that tasks cannot share.
+  """
   import jax
-  if os.environ.get("RRJAX_COORDINATOR"):
+  device_ids = local_device_ids(environ)
+  if environ.get("RRJAX_COORDINATOR"):
     jax.distributed.initialize(
-        coordinator_address=os.environ["RRJAX_COORDINATOR"],
-        num_processes=int(os.environ["RRJAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["RRJAX_PROCESS_ID"]))
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES",
-                                                                      "").count(","):
-    jax.distributed.initialize()  # Cluster auto-detection (SLURM, Cloud TPU).
+        coordinator_address=environ["RRJAX_COORDINATOR"],
+        num_processes=_environment_int(environ, "RRJAX_NUM_PROCESSES"),
+        process_id=_environment_int(environ, "RRJAX_PROCESS_ID"),
+        local_device_ids=device_ids, cluster_detection_method="deactivate")
+  elif detected_cluster() is not None:
+    jax.distributed.initialize(local_device_ids=device_ids)
+
+
+def join_job() -> None:
+  """`initialize_distributed`, or one `error:` line and exit status 2 for a job it cannot
+  join (before any log file exists: the message alone, as for flags)."""
+  try:
+    initialize_distributed()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _environment_int(environ: Mapping[str, str], name: str) -> int:
+  value = environ.get(name, "")
+  if not value.strip().isdigit():
+    raise ValueError(f"{name}={value!r}: RRJAX_COORDINATOR is set, so {name} must be a "
+                     "number too; set RRJAX_NUM_PROCESSES (the job's processes) and "
+                     "RRJAX_PROCESS_ID (0 for the coordinator's host) for every process.")
+  return int(value)
+
+
+def detected_cluster() -> type | None:
+  """JAX's cluster environment of this process (the `ClusterEnv` subclass that
+  `jax.distributed.initialize()` would use), or None where there is none or it describes
+  only this process.
+
+  Those of mpirun (OMPI_*), srun (SLURM_*), a TPU slice on GKE (TPU_WORKER_HOSTNAMES) and
+  a Cloud TPU VM pod slice, where no variable names the workers and JAX asks the GCE
+  metadata server (`gcloud ... tpu-vm ssh --worker=all` starts rrjax in a plain shell).
+  JAX asks that server only when it found TPU chips and libtpu when it was imported, so
+  elsewhere this costs no network request. Not Kubernetes (its detection queries the API
+  server from any pod that has the kubernetes client) nor mpi4py (opt-in in JAX too).
+  """
+  from jax._src import clusters  # JAX's detection itself: what initialize() would find.
+  environments = (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GkeTpuCluster,
+                  clusters.GceTpuCluster)  # In JAX's order of detection.
+  found = next((env for env in environments if env.is_env_present()), None)
+  return found if found is not None and found.get_process_count() > 1 else None
+
+
+def local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
+  """The GPUs this process drives, numbered among those it sees; None: JAX's choice.
+
+  Only srun tasks with GPUs (SLURM_LOCALID, CUDA_VISIBLE_DEVICES) get ids: every GPU the
+  task sees, unless several tasks on its node see the same GPUs (a task per GPU under
+  --gpus-per-node, where SLURM binds none to each task); then the task's equal share, by
+  SLURM_LOCALID, so that no process preallocates memory on its peers' GPUs. Explicit ids
+  also keep JAX's SLURM detection from restricting a task that drives all of its node's
+  GPUs to the one numbered SLURM_LOCALID. JAX_LOCAL_DEVICE_IDS, when set, is left to JAX.
+  Raises ValueError when the GPUs do not split evenly among the node's tasks.
+  """
+  visible = environ.get("CUDA_VISIBLE_DEVICES", "")
+  # SLURM writes NoDevFiles where the job has no GPUs on a node that has some.
+  if ("SLURM_LOCALID" not in environ or environ.get("JAX_LOCAL_DEVICE_IDS")
+      or visible in ("", "NoDevFiles")):
+    return None
+  num_gpus = len(visible.split(","))
+  tasks = _slurm_tasks_on_node(environ)
+  if tasks == 1 or "SLURM_GPUS_PER_TASK" in environ:  # --gpus-per-task: SLURM binds them.
+    return list(range(num_gpus))
+  if num_gpus % tasks:
+    raise ValueError(f"the {num_gpus} GPUs of this node do not split evenly among its "
+                     f"{tasks} SLURM tasks; run one task per node or one per GPU (sbatch "
+                     f"--ntasks-per-node=1 or ={num_gpus}), or give each its GPUs with "
+                     "--gpus-per-task.")
+  share = num_gpus // tasks
+  first = int(environ["SLURM_LOCALID"]) * share
+  return list(range(first, first + share))
+
+
+def _slurm_tasks_on_node(environ: Mapping[str, str]) -> int:
+  """The tasks of this srun step on this node: SLURM_STEP_TASKS_PER_NODE ("8(x2),4": eight
+  on each of the first two nodes, then four) at SLURM_NODEID; 1 outside a step."""
+  counts = []
+  for group in environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","):
+    count, _, repeat = group.partition("(x")
+    counts += [int(count)] * int(repeat.rstrip(")") or 1)
+  return counts[int(environ.get("SLURM_NODEID", "0")) if len(counts) > 1 else 0]
 
 
 def library_versions() -> dict[str, str]:
@@ -76,7 +164,7 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from rrjax import console
   console.quiet_terminal(flags.FLAGS.verbosity)
-  initialize_distributed()
+  join_job()
   import jax
   if jax.default_backend() != "cpu":
     # Compiled programs persist across runs (resumes, sweeps, re-runs). Not on CPU: there,

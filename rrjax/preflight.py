@@ -25,7 +25,7 @@ import ml_collections
 
 from rrjax import config as config_lib
 from rrjax import hub
-from rrjax.data import build_tfds, sources
+from rrjax.data import build_tfds, sources, workers
 
 # Bytes per cached embedding entry (float16 by default) times a CLIP-sized dim, when the
 # teacher's own dim is not known without loading it.
@@ -47,11 +47,18 @@ class Plan:
   steps: dict[str, int]
   cache_bytes: int
   cache_path: str
+  num_workers: int  # View-cutting processes, resolved from num_workers_setting.
+  num_workers_setting: int  # config.data.num_workers
+  usable_cpus: int
 
   def describe(self) -> str:
+    cutters = (f"{self.num_workers} worker process{'es' if self.num_workers > 1 else ''}"
+               if self.num_workers else "the main process")
     lines = [f"devices: {self.num_devices}",
              f"data: {self.train_examples} training and {self.eval_examples} evaluation "
-             f"images, {self.num_classes} classes"]
+             f"images, {self.num_classes} classes",
+             f"input: views cut by {cutters} (data.num_workers={self.num_workers_setting}; "
+             f"{self.usable_cpus} CPUs usable by this process)"]
     for stage in self.stages:
       work = {"cache": f"teacher embeddings, about {_size(self.cache_bytes)} at "
                        f"{self.cache_path}",
@@ -108,7 +115,9 @@ def preflight(config, workdir: str, num_devices: int) -> Plan:
       raise PreflightError(f"the {stage} stage would train 0 steps: {train_examples} training "
                            f"images do not fill one batch of {batch}; lower the batch size.")
   return Plan(tuple(config.stages), num_devices, train_examples, eval_examples, num_classes,
-              steps, cache_bytes, cache_path)
+              steps, cache_bytes, cache_path,
+              workers.resolve_num_workers(config.data.num_workers), config.data.num_workers,
+              workers.usable_cpus())
 
 
 def _check_data(data_cfg, split: str) -> tuple[int, int]:

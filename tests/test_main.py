@@ -269,6 +269,7 @@ def _smoke_config(**changes):
     ({"batch_size": 12}, "batch_size"),
     ({"stages": ("cache", "train")}, "stages"),
     ({"loss.kind": "cosine"}, "loss.kind"),
+    ({"student.batch_norm": "sync"}, "student.batch_norm"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(env, changes, field):
   with pytest.raises(ValueError, match=field):
@@ -301,6 +302,7 @@ def test_preflight_checks_data_before_the_teacher_and_dry_run_only_plans(env, tm
   assert done.returncode == 0, done.stderr[-2000:]
   assert "data: 96 training and 96 evaluation images, 4 classes" in done.stdout
   assert "stage student: 48 training steps" in done.stdout
+  assert "input: views cut by 2 worker processes (data.num_workers=2;" in done.stdout
   assert sorted(os.listdir(tmp_path / "plan")) == ["log.txt"]  # Nothing else was done.
 
 

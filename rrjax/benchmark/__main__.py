@@ -181,7 +181,7 @@ def _benchmark(args) -> None:
   # without it a library's own basicConfig would print every INFO record.
   logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
   console.quiet_terminal(args.verbosity)
-  rrjax_main.initialize_distributed()
+  rrjax_main.join_job()
   from rrjax.benchmark import run
   names, conditions = preflight(args)
   log_path = console.setup(args.out, args.verbosity)

@@ -13,9 +13,11 @@ couple of cores. `ViewCutter` cuts views in processes instead:
   seconds it spent (telemetry); the caller copies the finished batch out and reuses the
   buffer, so no image is pickled.
 
-`num_workers=0` cuts views in the calling thread (debugging, tiny data). Views are a pure
-function of (source, spec, seed, example id, view index), so which worker cuts a view
-never changes it, and a loader's stream is the same for any number of workers.
+`num_workers=0` cuts views in the calling thread (debugging, tiny data); -1, the default of
+`data.num_workers`, starts one worker per CPU this process may use, less one
+(`resolve_num_workers`). Views are a pure function of (source, spec, seed, example id,
+view index), so which worker cuts a view never changes it, and a loader's stream is the
+same for any number of workers.
 
 Sources are sent to the workers by pickling: image folders send their file list, records
 reopen their files in each worker (`RecordSource.__getstate__`).
@@ -42,6 +44,27 @@ _PRELOAD = [__name__]
 _WORKER: dict[str, Any] = {}
 # How often a worker checks that the process it works for still runs.
 _OWNER_CHECK_SECONDS = 0.5
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on: its affinity mask where the OS has one (a SLURM task
+  or `taskset` sees only its own share of the machine), else every CPU."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int) -> int:
+  """The number of view-cutting worker processes `data.num_workers` asks for.
+
+  -1: one per usable CPU less one, at least one. The one left is the main process's: it
+  copies finished batches out, feeds the devices and runs the training loop, and a worker
+  sharing its core would slow every step. 0 (the main process cuts) and counts are kept.
+  """
+  if num_workers < -1:
+    raise ValueError(f"data.num_workers={num_workers} must be -1 (one worker per CPU, less "
+                     "one), 0 (cut views in the main process) or a number of workers.")
+  return max(usable_cpus() - 1, 1) if num_workers == -1 else num_workers
 
 
 def example_view(source, index: int, view: ViewSpec, *, seed: int,
@@ -150,12 +173,11 @@ class ViewCutter:
   waits for it and returns {"image": uint8 [N,S,S,3], "label", "id", "view": int32 [N]};
   `discard(handle)` drops one that will not be collected. Several batches may be in
   flight. `worker_cpu_seconds` is the CPU time the workers spent cutting so far.
+  `num_workers` is resolved by `resolve_num_workers` (-1: one per usable CPU, less one).
   """
 
   def __init__(self, source, view: ViewSpec, seed: int, num_workers: int):
-    if num_workers < 0:
-      raise ValueError(f"data.num_workers={num_workers} must be >= 0 (0 cuts views in "
-                       "the calling thread).")
+    num_workers = resolve_num_workers(num_workers)
     self.source, self.view, self.seed, self.num_workers = source, view, seed, num_workers
     self.worker_cpu_seconds = 0.0
     self._free: list[shared_memory.SharedMemory] = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 
+from rrjax.data import workers
 from rrjax.data.sources.common import WNID_LISTS, WNID_PATTERN, decode_image, load_wnids
 from rrjax.data.sources.folder import IMAGE_EXTENSIONS, ImageFolderSource, class_directories
 from rrjax.data.sources.out_of_class import OUT_OF_CLASS_RELABEL, OutOfClassSource
@@ -50,7 +51,9 @@ def build_source(data_cfg, split: str):
       _check_folder_has_wnids(data_cfg, split)
     source = ImageFolderSource(data_cfg.root, split, classes=wnids,
                                skip_corrupt=data_cfg.skip_corrupt,
-                               num_threads=data_cfg.num_workers)
+                               # At least one thread, also where views are cut in-process.
+                               num_threads=max(workers.resolve_num_workers(
+                                   data_cfg.num_workers), 1))
   elif data_cfg.source == "tfds":
     if not data_cfg.name:
       raise ValueError("data.name must name a tfds dataset when data.source='tfds'.")
