@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rrjax import objectives, sharding
+from rrjax import in_flight, objectives, sharding
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
@@ -96,12 +96,17 @@ def collect_outputs(output_fn: Callable, variables, batches: Iterable[dict], *, 
   variables = sharding.replicate(variables, mesh)
   key = sharding.replicate(key, mesh)
   level = sharding.replicate(np.int32(operator.level), mesh)
-  outputs, labels, ids = [], [], []
-  for batch in batches:
+
+  def dispatch(batch):
     # Traced under the mesh, so that a choice operator groups each device's images
     # (rrjax.operators.mixtures) instead of gathering the batch.
     with jax.set_mesh(mesh):
-      result = jax.device_get(run(variables, sharding.shard_batch(batch, mesh), key, level))
+      return run(variables, sharding.shard_batch(batch, mesh), key, level)
+
+  outputs, labels, ids = [], [], []
+  # Replicating outputs of a batch split over several devices is a collective.
+  depth = in_flight.default_depth(collectives=mesh.devices.size > 1)
+  for result in in_flight.pipelined(batches, dispatch, depth=depth):
     valid = np.asarray(result["valid"], bool)
     outputs.append(result["outputs"][:, valid])
     labels.append(result["label"][valid])

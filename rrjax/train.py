@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rrjax import checkpoints, console, preemption, sharding
+from rrjax import checkpoints, console, in_flight, preemption, sharding
 from rrjax import writers as writers_lib
 
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
@@ -34,9 +34,6 @@ LOSS_SCALE_PERIOD = 2000
 
 # Prepared batches `fit` keeps ready on the devices ahead of the step that uses them.
 PREFETCH_DEPTH = 2
-
-# Steps an accelerator may have queued before the loop waits for the oldest (on CPU: 1).
-ACCELERATOR_STEPS_IN_FLIGHT = 3
 
 # Dense bf16 peak FLOP/s of one device, by jax `device_kind`: MFU is reported where the
 # device is listed here (the benchmarks use this table too).
@@ -279,10 +276,9 @@ def fit(*, state: TrainState, loss_fn: LossFn, loader, num_steps: int, mesh,
                         dynamic_loss_scale)
   key = sharding.replicate(key, mesh)
   local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-  # On CPU devices, two programs with collectives running together can deadlock XLA's
-  # in-process rendezvous: one step in flight there. Accelerators queue a few steps, so
-  # dispatch overlaps compute, while the batches they hold on device stay bounded.
-  steps_in_flight = 1 if jax.default_backend() == "cpu" else ACCELERATOR_STEPS_IN_FLIGHT
+  # Accelerators queue a few steps, so dispatch overlaps compute, while the batches they
+  # hold on device stay bounded; CPU devices run one (the step's all-reduces, `in_flight`).
+  steps_in_flight = in_flight.default_depth(collectives=True)
   peak_flops = PEAK_FLOPS.get(jax.devices()[0].device_kind)
   start = time.perf_counter()
   progress = writers_lib.Progress(name, total=num_steps, initial=resumed_from)

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from rrjax import config as config_lib
-from rrjax import preemption, sharding
+from rrjax import in_flight, preemption, sharding
 from rrjax.cache import (TeacherCache, build, build_cache, cache_fingerprint, from_config,
                          store, verify_cache)
 from rrjax.data import prepare, sources
 from rrjax.data.pipeline import TrainLoader
 from rrjax.data.synthetic import make_image_folder
 from rrjax.data.views import ViewSpec
+from support import in_flight_spy
 
 # Numerically sensitive: sharded and multi-host builds against single-device ones.
 # .ci/run runs these tests again with XLA's CPU code capped at AVX.
@@ -230,6 +231,20 @@ def test_sharded_build_equals_single_device_build(reference, teacher, source, tm
   eight = TeacherCache.open(str(reference[0])).to_numpy().astype(np.float32)
   # Equal up to float16 rounding of float32 results that may differ in the last bits.
   np.testing.assert_allclose(one, eight, rtol=2 ** -10, atol=0)
+
+
+def test_embeddings_in_flight_give_the_one_at_a_time_cache(teacher, source, tmp_path,
+                                                           monkeypatch):
+  """Several batches embedded ahead of the write (the default; no collectives, so on CPU
+  too) and one batch at a time give the same cache, bit for bit."""
+  depths = in_flight_spy.record_depths(monkeypatch)
+  _build(teacher, source, tmp_path / "ahead", prefetch=2)
+  monkeypatch.setattr(in_flight, "default_depth", lambda *, collectives: 1)
+  _build(teacher, source, tmp_path / "one_at_a_time", prefetch=2)
+  # Each build: the device loop, then the view cutting it pulls from (prefetch + 1).
+  assert depths == [in_flight.ACCELERATOR_DEPTH, 3, 1, 3]
+  np.testing.assert_array_equal(TeacherCache.open(str(tmp_path / "ahead")).to_numpy(),
+                                TeacherCache.open(str(tmp_path / "one_at_a_time")).to_numpy())
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

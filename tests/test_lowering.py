@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rrjax import evaluate, objectives, operators, sharding, train
+from rrjax import evaluate, logistic_probe, objectives, operators, sharding, train
 from rrjax.benchmark import run as benchmark_run
 from rrjax.cache.build import TeacherForward
 from rrjax.evaluators import adversarial as adversarial_evaluator
 from rrjax.models import clip, resnet
+from rrjax.stages import probe as probe_stage
 from rrjax.teachers.clip import CLIPTeacher
 
 ACCELERATORS = ("cuda", "tpu")
@@ -137,8 +138,8 @@ def test_tiny_clip_student_steps_lower_for_accelerators(vision, operator, mesh):
 
 
 def test_resnet_student_and_probe_steps_lower_for_accelerators(mesh):
-  """A ResNet student's step (bfloat16 compute, the accelerators' default) and the probe
-  stage's step on its frozen features."""
+  """A ResNet student's step (bfloat16 compute, the accelerators' default), and the probe
+  stage's Adam step and L-BFGS feature pass on its frozen features."""
   module = resnet.ResNet(stage_sizes=(1, 1), block="bottleneck", num_outputs=16, width=8,
                          dtype=jnp.bfloat16)
   variables = _shapes(module, 32)
@@ -160,8 +161,13 @@ def test_resnet_student_and_probe_steps_lower_for_accelerators(mesh):
                                          sharding=sharding.data_sharding(mesh))}
   stop = jax.ShapeDtypeStruct((BATCH,), jnp.bool_, sharding=sharding.data_sharding(mesh))
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-  check_portable(probe_step, (_abstract(state, replicated), batch, key,
-                              _abstract(variables, replicated), stop), mesh)
+  frozen = _abstract(variables, replicated)
+  check_portable(probe_step, (_abstract(state, replicated), batch, key, frozen, stop), mesh)
+  # The converged (L-BFGS) probe's feature pass on the same features.
+  features = probe_stage._compiled_features(objectives.student_features(module), mask,
+                                            replicated)
+  check_portable(features, (frozen, dict(batch, id=batch["label"]), key,
+                            jax.ShapeDtypeStruct((), jnp.int32)), mesh)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +212,15 @@ def test_teacher_forward_and_evaluations_lower_for_accelerators(tiny_teacher, me
       lambda v, images01, batch: logits(v, images01), 2, ("ce", "dlr"), "linf", replicated)
   check_portable(attack, (variables, _eval_batch(mesh, 32), key, index,
                           jax.ShapeDtypeStruct((2,), jnp.float32)), mesh)
+
+
+def test_lbfgs_probe_solver_lowers_for_accelerators(mesh):
+  """The converged probe's L-BFGS loop (one compilation for every l2 and weighting)."""
+  features, classes, rows = 16, 10, 64
+  params = {"kernel": jax.ShapeDtypeStruct((features, classes), jnp.float32),
+            "bias": jax.ShapeDtypeStruct((classes,), jnp.float32)}
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
+  check_portable(logistic_probe._minimise, (
+      params, jax.ShapeDtypeStruct((rows, features), jnp.float32),
+      jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((rows,), jnp.float32),
+      scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32)), mesh)

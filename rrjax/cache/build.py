@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rrjax import preemption, sharding
+from rrjax import in_flight, preemption, sharding
 from rrjax.cache import store
 from rrjax.data.workers import ViewCutter
 
@@ -276,62 +276,64 @@ def _chunk_batches(rows: range, views: Sequence[int],
   return num_batches, batches()
 
 
-def _prefetched(items: Iterator, depth: int) -> Iterator:
-  """Pulls `depth` items ahead of the consumer (items submit their own host work)."""
-  pending = collections.deque()
-  for item in items:
-    pending.append(item)
-    if len(pending) > depth:
-      yield pending.popleft()
-  yield from pending
-
-
 def _run(cutter: ViewCutter, forward: TeacherForward, writer: _ChunkWriter, todo: list[int],
          *, views, batch_size: int, prefetch: int, dim: int) -> int:
   """The build loop; returns the number of images embedded. The cutter cuts exactly the
   views the training loader hands the student (one decode per example and batch)."""
-  def host_batches():
+  def planned_batches():
     for chunk in todo:
       num_batches, batches = _chunk_batches(range(*writer.rows(chunk)), views, batch_size)
       for groups in batches:
-        rows = [row for row, vs in groups for _ in vs]
-        yield chunk, num_batches, rows, cutter.submit(rows, [v for _, vs in groups for v in vs])
+        yield chunk, num_batches, [row for row, vs in groups for _ in vs], [
+            v for _, vs in groups for v in vs]
+
+  def submit(planned):
+    chunk, num_batches, rows, row_views = planned
+    return chunk, num_batches, rows, cutter.submit(rows, row_views)
+
+  def device_batches():
+    # The cutter's workers cut views `prefetch` batches ahead of the device; a stop request
+    # ends the build before the next batch's views are waited for.
+    for chunk, num_batches, rows, pending in in_flight.pipelined(
+        planned_batches(), submit, fetch=lambda submitted: submitted, depth=prefetch + 1):
+      if preemption.requested():
+        return  # Chunks already complete are written below; the one in progress is redone.
+      batch = cutter.collect(pending)
+      if not np.array_equal(batch["id"], rows):
+        raise ValueError("the source's example ids are not its row numbers; the cache "
+                         "addresses rows by example id, so ids must be 0..len(source)-1.")
+      images = batch["image"]
+      num_valid = len(images)
+      if num_valid < batch_size:
+        images = np.concatenate(
+            [images, np.zeros((batch_size - num_valid, *images.shape[1:]), images.dtype)])
+      yield chunk, num_batches, num_valid, images
+
+  def embed(batch):
+    chunk, num_batches, num_valid, images = batch
+    return chunk, num_batches, num_valid, forward(forward.put(images))
+
+  def fetch(embedded):
+    chunk, num_batches, num_valid, embeddings = embedded
+    return chunk, num_batches, np.asarray(embeddings, np.float32)[:num_valid]
 
   buffers: dict[int, list[np.ndarray]] = {}
-  in_flight: collections.deque = collections.deque()
   images_computed = 0
   last_log = time.monotonic()
-
-  def collect(chunk: int, num_batches: int, num_valid: int, embeddings) -> None:
-    buffers.setdefault(chunk, []).append(np.asarray(embeddings, np.float32)[:num_valid])
+  # Each device program embeds its own share of the batch (no collectives), so several can
+  # be in flight on any backend: the device embeds the next batches while this one's
+  # embeddings are copied back and written.
+  for chunk, num_batches, embeddings in in_flight.pipelined(
+      device_batches(), embed, fetch=fetch, depth=in_flight.default_depth(collectives=False)):
+    buffers.setdefault(chunk, []).append(embeddings)
     if len(buffers[chunk]) == num_batches:
       start, stop = writer.rows(chunk)
       writer.write(chunk, np.concatenate(buffers.pop(chunk)).reshape(
           stop - start, len(views), dim))
-
-  for chunk, num_batches, rows, pending in _prefetched(host_batches(), prefetch):
-    if preemption.requested():
-      break  # Chunks already complete are written below; the one in progress is redone.
-    batch = cutter.collect(pending)
-    if not np.array_equal(batch["id"], rows):
-      raise ValueError("the source's example ids are not its row numbers; the cache "
-                       "addresses rows by example id, so ids must be 0..len(source)-1.")
-    images = batch["image"]
-    num_valid = len(images)
-    if num_valid < batch_size:
-      images = np.concatenate(
-          [images, np.zeros((batch_size - num_valid, *images.shape[1:]), images.dtype)])
-    # Dispatch is asynchronous: the device computes this batch while the previous
-    # batch's result is copied back and written.
-    in_flight.append((chunk, num_batches, num_valid, forward(forward.put(images))))
-    if len(in_flight) > 1:
-      collect(*in_flight.popleft())
-    images_computed += num_valid
+    images_computed += len(embeddings)
     if time.monotonic() - last_log > 30:
       last_log = time.monotonic()
       logging.info("teacher cache: %d images embedded", images_computed)
-  while in_flight:
-    collect(*in_flight.popleft())
   return images_computed
 
 

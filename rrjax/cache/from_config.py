@@ -90,9 +90,11 @@ def open_cache(config, workdir: str, teacher, source, *, split: str,
 
 def build_from_config(config, workdir: str, teacher, source, *, split: str,
                       view_set: str = "train", overwrite: bool = False,
-                      process_index: int | None = None,
-                      process_count: int | None = None) -> build.BuildReport:
-  """Builds (or resumes) this process's share of the cache this config trains with."""
+                      process_index: int | None = None, process_count: int | None = None,
+                      forward: build.TeacherForward | None = None) -> build.BuildReport:
+  """Builds (or resumes) this process's share of the cache this config trains with
+  (`forward`: a `build.TeacherForward` of `teacher` that several builds share, so that
+  its program compiles once)."""
   return build.build_cache(
       teacher, source, cache_path(config, workdir, split, view_set),
       view_spec=teacher_views(config, teacher),
@@ -100,4 +102,4 @@ def build_from_config(config, workdir: str, teacher, source, *, split: str,
       batch_size=config.cache.batch_size,
       dataset=dataset_identity(config.data, split, source), dtype=config.cache.dtype,
       overwrite=overwrite, process_index=process_index, process_count=process_count,
-      num_workers=config.data.num_workers)
+      num_workers=config.data.num_workers, forward=forward)

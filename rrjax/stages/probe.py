@@ -20,6 +20,7 @@ accuracy, which result rows carry) and `WORKDIR/probe/done.json`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -31,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from rrjax import config as config_lib
-from rrjax import logistic_probe, models, objectives, sharding, train
+from rrjax import in_flight, logistic_probe, models, objectives, sharding, train
 from rrjax.data import subsets
 from rrjax.stages import artifacts
 from rrjax.stages import student as student_stage
@@ -135,28 +136,55 @@ def _fit_adam(ctx: Context, fraction: float, features_fn, frozen) -> tuple[Any, 
                                "train_seconds": result.seconds}
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_features(features_fn, operator, replicated):
+  """The jitted feature pass of one (features_fn, operator), kept so that the fits of
+  several label fractions reuse its compilation (per batch shape)."""
+
+  def batch_features(variables, batch, key, index):
+    corrupted = operator(jax.random.fold_in(key, index),
+                         objectives.to_unit_range(batch["image"]))
+    return {"features": features_fn(variables, corrupted, batch).astype(jnp.float32),
+            "label": batch["label"], "id": batch["id"]}
+
+  return jax.jit(batch_features, out_shardings=replicated)
+
+
+def corrupted_features(features_fn, frozen, batches, *, operator, mesh,
+                       key: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(features [N, dim] float32, labels [N], ids [N]) of every row of `batches`, in order:
+  `features_fn(frozen, operator(fold_in(key, b), images01), batch)` for batch b, each a
+  host-local share of a global batch, sharded over `mesh` and run under it like training
+  and evaluation (a choice operator then groups each device's own images instead of
+  gathering the global batch on every device); every process gets every row."""
+  replicated = sharding.replicated(mesh)
+  run = _compiled_features(features_fn, operator, replicated)
+  frozen, key = sharding.replicate((frozen, key), mesh)
+
+  def dispatch(indexed):
+    index, batch = indexed
+    with jax.set_mesh(mesh):
+      return run(frozen, sharding.shard_batch(batch, mesh), key, np.int32(index))
+
+  # Replicating outputs of a batch split over several devices is a collective.
+  depth = in_flight.default_depth(collectives=mesh.devices.size > 1)
+  collected = list(in_flight.pipelined(enumerate(batches), dispatch, depth=depth))
+  return tuple(np.concatenate([part[k] for part in collected])
+               for k in ("features", "label", "id"))
+
+
 def _fit_lbfgs(ctx: Context, fraction: float, features_fn, frozen) -> tuple[Any, dict]:
   config = ctx.config
   source = _source(ctx, fraction)
   loader = ctx.train_loader(source, _batch_size(ctx, source))
-  operator, prepare = ctx.operator, _prepare_batch(ctx)
-
-  def corrupted_features(variables, batch, key):
-    corrupted = operator(key, objectives.to_unit_range(batch["image"]))
-    return (features_fn(variables, corrupted, batch).astype(jnp.float32), batch["label"],
-            batch["id"])
-
-  run = jax.jit(corrupted_features, out_shardings=sharding.replicated(ctx.mesh))
-  frozen = sharding.replicate(frozen, ctx.mesh)
-  key = ctx.key(f"probe{fraction}")
-  collected = []
+  prepare = _prepare_batch(ctx)
+  num_batches = config.probe.num_epochs * loader.steps_per_epoch
   try:
-    for step in range(config.probe.num_epochs * loader.steps_per_epoch):
-      batch = sharding.shard_batch(prepare(next(loader)), ctx.mesh)
-      collected.append(jax.device_get(run(frozen, batch, jax.random.fold_in(key, step))))
+    features, labels, ids = corrupted_features(
+        features_fn, frozen, (prepare(next(loader)) for _ in range(num_batches)),
+        operator=ctx.operator, mesh=ctx.mesh, key=ctx.key(f"probe{fraction}"))
   finally:
     loader.close()
-  features, labels, ids = (np.concatenate(part) for part in zip(*collected))
   # The views of one image are held out together (groups = example ids): l2 is chosen for
   # unseen images, not for the seen images' other views.
   fitted = logistic_probe.fit(features, labels, ctx.train_source.num_classes, groups=ids,
