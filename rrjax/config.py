@@ -14,10 +14,12 @@ import os
 import ml_collections
 
 from rrjax import adversarial, losses, operators
+from rrjax.data import workers
 
 STAGES = ("cache", "student", "probe", "baseline", "eval")
 PROBE_FEATURES = ("student", "teacher", "clean_teacher", "imagenet")
 PROBE_SOLVERS = ("adam", "lbfgs")
+STUDENT_BATCH_NORMS = ("global", "per_device")
 # Evaluator type -> its options and their defaults (`rrjax.evaluators`; `repeats` 0 means
 # eval.repeats). `config.evals` maps names to {"type": <type>, **options}.
 EVALUATORS = {
@@ -63,7 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.decode = "full"            # "draft": training views of large JPEGs decoded at
                                     # 1/2-1/8 scale (libjpeg DCT); other pixels, other cache
   c.data.skip_corrupt = False
-  c.data.num_workers = 8            # processes cutting views (0: in the main process)
+  c.data.num_workers = -1           # processes cutting views; -1: one per CPU this process
+                                    # may use, less one (at least 1); 0: in the main process
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "clip"           # "clip" (open_clip or transformers layout) | "python"
@@ -82,10 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.student = ml_collections.ConfigDict()
   c.student.model = "clip"          # "clip" (the teacher's architecture) | resnet18..152
   c.student.init = "teacher"        # "teacher" | "random" | "imagenet:<hub id or dir>" (ResNets)
-  c.student.dtype = "float32"       # compute dtype; parameters stay float32
+  c.student.dtype = "auto"          # compute: "auto" (bfloat16 on GPU/TPU, float32 on CPU),
+                                    # "float32", "bfloat16", "float16"; parameters stay float32
   c.student.width = 64              # ResNet stem/stage-1 width (64 = torchvision)
   c.student.teacher_name = ""       # model "clip": the checkpoint to copy ("" = teacher.name)
   c.student.restore_from = ""       # workdir of another run whose student to use (E4)
+  c.student.batch_norm = "global"   # BatchNorm statistics of the whole batch (the paper's
+                                    # numbers on any device count) | "per_device": of each
+                                    # device's share, as its DataParallel (4 GPUs: 64 images)
 
   c.operator = ml_collections.ConfigDict({"kind": "mask", "p": 0.9})
 
@@ -299,6 +306,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     value = get_field(config, field)
     if value < 1:
       raise ValueError(f"{field}={value} must be at least 1.")
+  workers.resolve_num_workers(config.data.num_workers)  # Raises naming data.num_workers.
   profile = tuple(config.profile_steps)
   if profile and not (len(profile) == 2 and 0 <= profile[0] < profile[1]):
     raise ValueError(f"profile_steps={profile} must be () or (start, stop) with "
@@ -312,6 +320,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.probe.features not in PROBE_FEATURES:
     raise ValueError(f"probe.features={config.probe.features!r}; allowed: "
                      f"{', '.join(PROBE_FEATURES)}.")
+  if config.student.batch_norm not in STUDENT_BATCH_NORMS:
+    raise ValueError(f"student.batch_norm={config.student.batch_norm!r}; allowed: "
+                     f"{', '.join(STUDENT_BATCH_NORMS)}.")
   if config.probe.solver not in PROBE_SOLVERS:
     raise ValueError(f"probe.solver={config.probe.solver!r}; allowed: "
                      f"{', '.join(PROBE_SOLVERS)}.")

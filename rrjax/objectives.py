@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, PartitionSpec as P
 
-from rrjax import losses
+from rrjax import losses, sharding
 
 # features(frozen_variables, corrupted_images01, batch) -> [B, D]: the signature of
 # `rrjax.evaluate.collect_outputs`, so training and evaluation share feature functions.
@@ -46,6 +47,45 @@ def apply_model(model: nn.Module, variables, images01, *, train: bool):
   return outputs, aux, new_state
 
 
+def training_forward(model: nn.Module, per_device_mesh: Mesh | None = None) -> Callable:
+  """`forward(variables, images01) -> (outputs, new_model_state)` in training mode.
+
+  BatchNorm statistics are those of the global batch (under jit on a data mesh XLA
+  all-reduces them), or with `per_device_mesh` those of each device's shard of the batch,
+  as PyTorch's DataParallel computed them: the model runs in `jax.shard_map` over the
+  data axis, variables replicated in, images sharded in and outputs sharded out.
+  Parameters split over the devices (`shard_params`) are gathered whole onto each device
+  for the forward and backward, their gradients reduced back to the splits; the
+  optimiser state stays split.
+  """
+
+  def forward(variables, images01):
+    outputs, _, new_state = apply_model(model, variables, images01, train=True)
+    return outputs, new_state
+
+  if per_device_mesh is None:
+    return forward
+
+  def on_each_device(variables, images01):
+    outputs, new_state = forward(variables, images01)
+    # The state is one replicated value, so the devices' updated running statistics are
+    # averaged: the expectation of DataParallel's (replica 0 kept its own shard's), with
+    # 1/n of its variance on n devices, and independent of the devices' order.
+    return outputs, jax.lax.pmean(new_state, sharding.DATA_AXIS)
+
+  batch = P(sharding.DATA_AXIS)
+  sharded = jax.shard_map(on_each_device, mesh=per_device_mesh, in_specs=(P(), batch),
+                          out_specs=(batch, P()))
+
+  def run(variables, images01):
+    # Without batch statistics (a ViT) the two are one function, and the global one spares
+    # gathering parameters split over the devices (`shard_params`) whole onto each at once.
+    with_statistics = set(variables) != {"params"}
+    return (sharded if with_statistics else forward)(variables, images01)
+
+  return run
+
+
 def at_size(images01: jax.Array, size: int) -> jax.Array:
   """Images [B,H,W,C] resized to size x size (bilinear, antialiased when shrinking), for
   a teacher whose input size differs from the student's views; unchanged when equal."""
@@ -64,16 +104,20 @@ def teacher_on_uint8(teacher) -> Callable:
 
 
 def student_loss(model: nn.Module, operator, *, kind: str, temperature: float,
-                 online_teacher: Callable | None = None):
+                 online_teacher: Callable | None = None, per_device_mesh: Mesh | None = None):
   """SPEC §2 loss of S(A(x)) against R(x). Teacher targets come from the batch (cache) or,
   with `online_teacher(params, images_uint8)`, from the teacher run in the step on the
-  clean crop (`frozen` then holds the teacher's parameters).
+  clean crop (`frozen` then holds the teacher's parameters). The loss is always over the
+  global batch; with `per_device_mesh`, BatchNorm normalises each device's shard by its
+  own statistics (`training_forward`, `config.student.batch_norm`).
 
   An adversarial operator (`operators`, kind "pgd") gets the per-image loss it maximises:
   the current student in inference mode (BatchNorm statistics fixed, so each image's
   loss is its own) against the same targets, in float32, with its parameters held
   constant, so the gradient of the step is that of the loss at the attacked images
   (Danskin), not through the attack."""
+
+  forward = training_forward(model, per_device_mesh)
 
   def loss_fn(params, model_state, batch, key, frozen):
     targets = batch["target"] if online_teacher is None else online_teacher(frozen, batch["image"])
@@ -86,7 +130,7 @@ def student_loss(model: nn.Module, operator, *, kind: str, temperature: float,
                                      temperature=temperature)
 
     corrupted = operator(key, to_unit_range(batch["image"]), attack_loss)
-    embeddings, _, new_state = apply_model(model, variables, corrupted, train=True)
+    embeddings, new_state = forward(variables, corrupted)
     loss = losses.contrastive_loss(embeddings, targets, kind=kind, temperature=temperature)
     cosine = jnp.mean(jnp.sum(losses.l2_normalize(embeddings) * losses.l2_normalize(targets), -1))
     return loss, (new_state, {"cosine": cosine})

@@ -76,14 +76,16 @@ def conv_layers(variables) -> int:
   return sum(x.ndim == 4 for x in jax.tree.leaves(variables["params"]))
 
 
-def student_step(module, variables, operator, mesh, image_size: int, dim: int):
+def student_step(module, variables, operator, mesh, image_size: int, dim: int,
+                 batch_norm: str = "global"):
   """`train.fit`'s program for the paper's student loss, and its abstract arguments."""
   params, model_state = variables["params"], {k: v for k, v in variables.items()
                                               if k != "params"}
   tx = train.make_optimizer(learning_rate=1e-4, total_steps=10, weight_decay=1e-4)
   state = jax.eval_shape(lambda: train.create_state(params, model_state, tx))
   replicated = sharding.replicated(mesh)
-  loss_fn = objectives.student_loss(module, operator, kind="student_teacher", temperature=0.1)
+  loss_fn = objectives.student_loss(module, operator, kind="student_teacher", temperature=0.1,
+                                    per_device_mesh=mesh if batch_norm == "per_device" else None)
   step = train.jitted_step(loss_fn, jax.tree.map(lambda _: replicated, state), mesh)
   batch = {"image": _images(mesh, image_size),
            "target": jax.ShapeDtypeStruct((BATCH, dim), jnp.float32,
@@ -124,7 +126,8 @@ def test_rn101_students_compute_every_kernel_gradient_as_a_convolution(name, mes
 
 @pytest.mark.parametrize("vision, operator", [
     ("vit", {"kind": "mask", "p": 0.9}),
-    # A choice groups each device's images inside shard_map: that must lower too.
+    # A choice groups each device's images inside shard_map, and per-device BatchNorm
+    # runs the ResNet in one: both must lower too.
     ("resnet", {"kind": "choice", "ops": [{"kind": "mask", "p": 0.5},
                                           {"kind": "noise", "sigma": 0.1}]})])
 def test_tiny_clip_student_steps_lower_for_accelerators(vision, operator, mesh):
@@ -132,7 +135,7 @@ def test_tiny_clip_student_steps_lower_for_accelerators(vision, operator, mesh):
   module = clip.CLIPImageEncoder(spec)
   variables = _shapes(module, 32)
   step, args = student_step(module, variables, operators.build(operator), mesh, 32,
-                            spec.embed_dim)
+                            spec.embed_dim, "per_device" if vision == "resnet" else "global")
   for text in check_portable(step, args, mesh).values():
     assert convolutions(text) == 3 * conv_layers(variables) - 1
 

@@ -335,14 +335,21 @@ def test_smoke_assets_are_reused(env):
   assert os.path.isdir(os.path.join(first["data"], "train"))
 
 
-def test_student_trains_at_a_lower_resolution_than_its_teacher(env, tmp_path):
+def test_student_trains_at_a_lower_resolution_than_its_teacher(env, tmp_path, monkeypatch):
   """24 px student views, a 32 px teacher: the cache holds the teacher's embeddings of the
-  same views cut at 32 px, and the student trains on its own."""
+  same views cut at 32 px, and the student trains on its own, here with each device's
+  BatchNorm statistics (`student.batch_norm`: the stage gives the loss the run's mesh)."""
+  from rrjax import objectives
+  meshes = []
+  forward = objectives.training_forward
+  monkeypatch.setattr(objectives, "training_forward",
+                      lambda model, mesh=None: meshes.append(mesh) or forward(model, mesh))
   config = _smoke_config(stages=("cache", "student"), num_epochs=1,
                          **{"data.image_size": 24, "data.resize_size": 28,
                             "student.model": "resnet18", "student.init": "random",
-                            "student.width": 8})
+                            "student.width": 8, "student.batch_norm": "per_device"})
   summaries = stages.run_stages(config, str(tmp_path))
+  assert [mesh.devices.size for mesh in meshes] == [8]
   assert summaries["student"]["summary"]["final_metrics"]["loss"] > 0
   metadata = json.loads(next((tmp_path / "teacher_cache").rglob("cache.json")).read_text())
   assert metadata["fingerprint"]["preprocessing.size"] == 32

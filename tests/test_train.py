@@ -1,5 +1,5 @@
 """The shared training loop: optimiser, sharded == single device, loss scaling, NaN stop,
-resume from a checkpoint == uninterrupted run."""
+resume from a checkpoint == uninterrupted run; per-device BatchNorm == per-shard runs."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rrjax import objectives, operators, preemption, sharding, train
+from rrjax import losses, objectives, operators, preemption, sharding, train
 from rrjax import writers as writers_lib
 
 # Numerically sensitive: sharded against single-device steps, resume against uninterrupted runs.
@@ -177,6 +177,107 @@ def test_sharded_parameters_give_the_replicated_run(setup, tmp_path, monkeypatch
   assert kernel.sharding.spec == P(None, "data")
   assert split.state.opt_state[0].mu["Dense_0"]["kernel"].sharding.spec == P(None, "data")
   for got, want in zip(jax.tree.leaves(split.state), jax.tree.leaves(replicated.state)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _shards_apart(batch_size=16, num_shards=8, seed=5):
+  """A batch whose 8 device shards have different statistics: shard i's pixels are drawn
+  from [0, 32 * (i + 1)), so its mean and spread grow with i."""
+  rng = np.random.default_rng(seed)
+  bounds = np.repeat(32 * np.arange(1, num_shards + 1), batch_size // num_shards)
+  images = (rng.random((batch_size, 8, 8, 3)) * bounds[:, None, None, None]).astype(np.uint8)
+  return {"image": images, "target": rng.normal(size=(batch_size, 8)).astype(np.float32)}
+
+
+def test_per_device_batch_norm_equals_one_single_device_run_per_shard(setup):
+  """`per_device_mesh`: each device's shard normalised by its own statistics, as separate
+  single-device forwards of the 8 shards (a Python loop, no shard_map) give them; the loss
+  over the global batch, its gradient, and the running statistics averaged over shards."""
+  _, state = setup
+  model, mesh = TinyStudent(), sharding.make_mesh()
+  identity = operators.build({"kind": "identity"})
+  batch = _shards_apart()
+  params, model_state = state.params, state.model_state
+  loss_fn = objectives.student_loss(model, identity, kind="student_teacher", temperature=0.1,
+                                    per_device_mesh=mesh)
+  per_device = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  (loss, (new_state, _)), grads = per_device(
+      params, model_state, sharding.shard_batch(batch, mesh), jax.random.key(0), None)
+  embeddings, _ = jax.jit(objectives.training_forward(model, mesh))(
+      {"params": params, **model_state},
+      sharding.shard_batch(objectives.to_unit_range(batch["image"]), mesh))
+
+  def reference(params):
+    outputs, states = [], []
+    for shard in np.split(objectives.to_unit_range(batch["image"]), 8):
+      out, _, shard_state = objectives.apply_model(
+          model, {"params": params, **model_state}, shard, train=True)
+      outputs.append(out)
+      states.append(shard_state)
+    outputs = jnp.concatenate(outputs)
+    loss = losses.contrastive_loss(outputs, batch["target"], kind="student_teacher",
+                                   temperature=0.1)
+    return loss, (outputs, jax.tree.map(lambda *s: jnp.mean(jnp.stack(s), 0), *states))
+
+  (want_loss, (want_embeddings, want_state)), want_grads = jax.jit(
+      jax.value_and_grad(reference, has_aux=True))(params)
+  # float32 throughout; the same arithmetic per shard, so only the order of the reductions
+  # (batch statistics, the loss, the gradient's sum over devices) can differ: a few ulps,
+  # grown at most tenfold by the normalisation and the softmax.
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  np.testing.assert_allclose(embeddings, want_embeddings, rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6),
+               (new_state, grads), (want_state, want_grads))
+
+
+def test_per_device_and_global_batch_norm_differ_when_the_shards_do(setup):
+  """Not a no-op: on shards with different statistics each device's normalisation gives
+  other embeddings than the global batch's. The running mean is the same either way (the
+  mean of equal shards' means is the batch mean); the running variance is smaller, as
+  each shard's spread leaves out the differences between shards."""
+  _, state = setup
+  model, mesh = TinyStudent(), sharding.make_mesh()
+  variables = {"params": state.params, **state.model_state}
+  images = sharding.shard_batch(objectives.to_unit_range(_shards_apart()["image"]), mesh)
+  per_device, per_device_state = jax.jit(objectives.training_forward(model, mesh))(
+      variables, images)
+  whole, whole_state = jax.jit(objectives.training_forward(model))(variables, images)
+  assert np.max(np.abs(per_device - whole)) > 0.1 * np.max(np.abs(whole))
+  stats, whole_stats = (s["batch_stats"]["BatchNorm_0"] for s in (per_device_state,
+                                                                  whole_state))
+  np.testing.assert_allclose(stats["mean"], whole_stats["mean"], rtol=1e-5, atol=1e-7)
+  assert np.all(stats["var"] < whole_stats["var"])
+
+
+def test_per_device_batch_norm_with_split_parameters_and_resume(setup, tmp_path, monkeypatch):
+  """Per-device BatchNorm in `fit`: with parameters split over the devices it gives the
+  replicated run (the shard_map gathers them), and a crashed run resumes to exactly the
+  uninterrupted one: the state keeps the layout of the global BatchNorm's."""
+  _, state = setup
+  monkeypatch.setattr(sharding, "SHARD_MIN_SIZE", 1)
+  loss_fn = objectives.student_loss(TinyStudent(), operators.build({"kind": "mask", "p": 0.5}),
+                                    kind="student_teacher", temperature=0.1,
+                                    per_device_mesh=sharding.make_mesh())
+  batches = [_shards_apart(seed=seed) for seed in range(5)]
+  run = lambda directory, loader, shard=False: train.fit(
+      state=state, loss_fn=loss_fn, loader=loader, num_steps=6, mesh=sharding.make_mesh(),
+      key=jax.random.key(3), workdir=str(directory), checkpoint_every=2, log_every=1,
+      shard_params=shard)
+  full = run(tmp_path / "full", ListLoader(batches))
+  assert jax.tree.structure(full.state) == jax.tree.structure(state)
+  assert ([(x.shape, x.dtype) for x in jax.tree.leaves(full.state)]
+          == [(x.shape, x.dtype) for x in jax.tree.leaves(state)])
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / "crashed", ListLoader(batches, fail_at=5))
+  resumed = run(tmp_path / "crashed", ListLoader(batches))
+  assert resumed.resumed_from == 4
+  for got, want in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(full.state)):
+    np.testing.assert_array_equal(got, want)
+  split = run(tmp_path / "split", ListLoader(batches), shard=True)
+  assert split.state.params["Dense_0"]["kernel"].sharding.spec == P(None, "data")
+  # As test_sharded_parameters_give_the_replicated_run: the same steps, summed in another
+  # order where XLA splits the parameters' updates over the devices.
+  for got, want in zip(jax.tree.leaves(split.state), jax.tree.leaves(full.state)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -51,7 +51,8 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn
 
 def _norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
   # momentum 0.9 == torch's momentum 0.1; eps as torchvision. Under jit with a sharded
-  # batch the mean/var reductions are over the global batch (jit's global semantics).
+  # batch the mean/var reductions are over the global batch (jit's global semantics),
+  # unless the caller runs the model per device (`objectives.training_forward`).
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       dtype=dtype, param_dtype=jnp.float32, name=name)
 

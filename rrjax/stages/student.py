@@ -80,7 +80,8 @@ def run(ctx: Context) -> dict:
   online = not ctx.uses_cache()
   loss_fn = objectives.student_loss(
       model(ctx), ctx.operator, kind=config.loss.kind, temperature=config.loss.temperature,
-      online_teacher=objectives.teacher_on_uint8(ctx.teacher) if online else None)
+      online_teacher=objectives.teacher_on_uint8(ctx.teacher) if online else None,
+      per_device_mesh=ctx.mesh if config.student.batch_norm == "per_device" else None)
   try:
     result = train.fit(
         state=state, loss_fn=loss_fn, loader=loader, num_steps=num_steps, mesh=ctx.mesh,

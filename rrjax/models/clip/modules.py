@@ -169,7 +169,8 @@ def _conv(features: int, kernel: int, dtype, name: str, strides: int = 1) -> nn.
 
 def _batch_norm(train: bool, dtype, name: str) -> nn.BatchNorm:
   # momentum 0.9 == torch's 0.1; under jit with a sharded batch the statistics are over
-  # the global batch.
+  # the global batch, unless the caller runs the model per device
+  # (`objectives.training_forward`).
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       param_dtype=jnp.float32, name=name)
 
