@@ -23,6 +23,17 @@ time; one that fails records its error and the others still run):
   `loop_overhead.py` does).
 All compute in --dtype (bfloat16 by default). --quick shrinks everything to CPU size
 (32 px, batch 8, tiny towers, 16 images). Prints a table at the end.
+
+  python benchmarks/accelerator.py --plan --out results/plan.json           # no device
+
+--plan runs nothing on a device: for the paper's two RN101 students, CLIP ViT-B/32 and
+ViT-L/14 at 224 px in --dtype, it compiles one device's training step (cached targets,
+mask p=0.9, AdamW) here at two batch sizes and prints what a user needs before renting
+an accelerator: training FLOPs per image (XLA's cost analysis), parameter,
+optimizer-state and activation bytes per device (the compiled step's memory analysis),
+and the largest per-device batch (a multiple of 8) whose step fits --device_gb. These
+are computed on this machine's XLA, not measured on an accelerator: XLA:GPU and TPU fuse
+and schedule differently, so treat the batch as an estimate and leave headroom.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ if HERE not in sys.path:  # common, train_step, ... when imported as a teacher f
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
@@ -55,14 +67,19 @@ import loop_overhead  # noqa: E402
 import teacher_cache  # noqa: E402
 import train_step  # noqa: E402
 from rrjax import config as config_lib  # noqa: E402
-from rrjax import operators, sharding, stages, train  # noqa: E402
+from rrjax import models, objectives, operators, sharding, stages, train  # noqa: E402
 from rrjax.cache import TeacherForward, build_cache  # noqa: E402
 from rrjax.data import pipeline, sources, synthetic, views, workers  # noqa: E402
-from rrjax.models import clip  # noqa: E402
+from rrjax.models import clip, resnet  # noqa: E402
 from rrjax.teachers import validate_teacher  # noqa: E402
 
 SECTIONS = ("student", "teacher", "pipeline", "e2e")
 OPERATOR = {"kind": "mask", "p": 0.9}
+# --plan's students at 224 px and the two per-device batches whose compiled steps give
+# the fixed and the per-image bytes.
+PLAN = dict(image_size=224, students=("resnet101", "clip_rn101", "clip_vit_b32",
+                                      "clip_vit_l14"), batch_sizes=(8, 16))
+PLAN_QUICK = dict(image_size=32, students=("clip_rn101", "clip_vit_b32"), batch_sizes=(8, 16))
 
 
 def vit_l14(image_size: int = 224) -> clip.CLIPSpec:
@@ -301,6 +318,12 @@ def step_alone_rate(args, sizes, overrides, config_path, run_dir, steps,
   return sizes["e2e_batch"] / alone, "compiled here"
 
 
+def write_json(path: str, results: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+
+
 RUNNERS = {"student": student_section, "teacher": teacher_section,
            "pipeline": pipeline_section, "e2e": e2e_section}
 
@@ -338,6 +361,92 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def plan_student(name: str, image_size: int, dtype: str, towers: dict):
+  """(module, variable shapes, embedding dim) of a --plan student, without weights."""
+  compute = models.parse_dtype(dtype, "--dtype")
+  if name.startswith("clip_"):  # The tower's own architecture, no extra head.
+    tower = name[len("clip_"):]
+    spec = tower_spec(towers.get(tower, tower), image_size)
+    module, dim = clip.CLIPImageEncoder(spec, compute), spec.embed_dim
+  else:
+    module, dim = resnet.resnet(name, 512, compute), 512
+  shapes = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  return module, shapes, dim
+
+
+def step_analysis(module, shapes: dict, dim: int, batch_size: int, image_size: int) -> dict:
+  """FLOPs and memory of one device's compiled training step (the program `train.fit`
+  runs) at `batch_size`, compiled for this machine's first device."""
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  replicated = sharding.replicated(mesh)
+  tx = train.make_optimizer(learning_rate=1e-4, total_steps=1000, weight_decay=1e-4)
+  state = jax.eval_shape(lambda: train.create_state(
+      shapes["params"], {k: v for k, v in shapes.items() if k != "params"}, tx))
+  loss_fn = objectives.student_loss(module, operators.build(OPERATOR), kind="student_teacher",
+                                    temperature=0.1)
+  step = train.jitted_step(loss_fn, jax.tree.map(lambda _: replicated, state), mesh)
+  batch = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.uint8),
+           "target": jax.ShapeDtypeStruct((batch_size, dim), jnp.float32)}
+  with jax.set_mesh(mesh):
+    compiled = step.lower(state, batch, jax.random.key(0), None,
+                          jax.ShapeDtypeStruct((1,), jnp.bool_)).compile()
+  memory = compiled.memory_analysis()
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  return {"flops": float(compiled.cost_analysis()["flops"]),
+          "parameter_bytes": nbytes(state.params), "optimizer_bytes": nbytes(state.opt_state),
+          "model_state_bytes": nbytes(state.model_state),
+          "activation_bytes": memory.temp_size_in_bytes,
+          # Inputs and outputs alive together, less the donated state they share.
+          "peak_bytes": (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                         - memory.alias_size_in_bytes + memory.temp_size_in_bytes)}
+
+
+def largest_batch(small: tuple[int, int], large: tuple[int, int], budget: float) -> int:
+  """The largest multiple of 8 whose peak bytes fit `budget`, on the line through the
+  (batch, peak bytes) points `small` and `large` (the step's bytes are affine in the
+  batch: fixed state plus activations per image)."""
+  per_image = (large[1] - small[1]) / (large[0] - small[0])
+  fixed = small[1] - per_image * small[0]
+  return max(0, int((budget - fixed) // per_image) // 8 * 8)
+
+
+def plan(args) -> dict:
+  sizes = PLAN_QUICK if args.quick else PLAN
+  towers = QUICK["student_towers"] if args.quick else {}
+  size, (small, large) = sizes["image_size"], sizes["batch_sizes"]
+  budget = args.device_gb * 1e9
+  rows = []
+  for name in sizes["students"]:
+    start = time.perf_counter()
+    module, shapes, dim = plan_student(name, size, args.dtype, towers)
+    at_small, at_large = (step_analysis(module, shapes, dim, b, size) for b in (small, large))
+    # Slopes between the two batches: per image, without the per-step optimizer update.
+    slope = lambda field: (at_large[field] - at_small[field]) / (large - small)
+    rows.append({
+        "student": name, "image_size": size, "dtype": args.dtype,
+        "train_flops_per_image": slope("flops"),
+        "parameter_bytes": at_large["parameter_bytes"],
+        "optimizer_bytes": at_large["optimizer_bytes"],
+        "model_state_bytes": at_large["model_state_bytes"],
+        "activation_bytes_per_image": slope("activation_bytes"),
+        "steps_compiled_at": {str(small): at_small, str(large): at_large},
+        "largest_batch_per_device": largest_batch((small, at_small["peak_bytes"]),
+                                                  (large, at_large["peak_bytes"]), budget),
+        "seconds": time.perf_counter() - start})
+    print(f"  {name}: {plan_line(rows[-1])}", flush=True)
+  return {**device_fields(args.dtype), "quick": args.quick, "device_gb": args.device_gb,
+          "computed_on": jax.devices()[0].platform, "results": rows}
+
+
+def plan_line(row: dict) -> str:
+  return (f"{row['train_flops_per_image'] / 1e9:.1f} GFLOP/image, params "
+          f"{row['parameter_bytes'] / 2**20:.0f} MiB, optimizer "
+          f"{row['optimizer_bytes'] / 2**20:.0f} MiB, activations "
+          f"{row['activation_bytes_per_image'] / 2**20:.1f} MiB/image, largest batch "
+          f"{row['largest_batch_per_device']}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="accelerator.json")
@@ -347,7 +456,17 @@ def main():
   parser.add_argument("--students", nargs="+", default=None,
                       help="student section's students (default: the four of the paper)")
   parser.add_argument("--workdir", default="", help="generated images, caches, runs")
+  parser.add_argument("--plan", action="store_true",
+                      help="no device: FLOPs, bytes and the largest batch per device")
+  parser.add_argument("--device_gb", type=float, default=80.0,
+                      help="--plan: one device's memory in GB (1e9 bytes)")
   args = parser.parse_args()
+  if args.plan:
+    results = plan(args)
+    write_json(args.out, results)
+    print(f"computed on {results['computed_on']} for {args.dtype}, {args.device_gb:g} GB per "
+          f"device; {args.out}")
+    return
   sizes = QUICK if args.quick else FULL
   workdir = args.workdir or tempfile.mkdtemp(prefix="rrjax_accelerator_")
   if jax.default_backend() != "cpu":  # Each step is compiled twice (cost analysis, timing).
@@ -368,9 +487,7 @@ def main():
     section["wall_seconds"] = time.perf_counter() - start
     results["sections"][name] = section
   results["wall_seconds"] = time.perf_counter() - total
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=2)
+  write_json(args.out, results)
   print(f"{results['device_count']} x {results['device_kind']}, jax {results['jax_version']}, "
         f"{args.dtype}{', quick' if args.quick else ''}; {results['wall_seconds']:.0f} s; "
         f"{args.out}")

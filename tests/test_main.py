@@ -355,6 +355,24 @@ def test_student_trains_at_a_lower_resolution_than_its_teacher(env, tmp_path, mo
   assert metadata["fingerprint"]["preprocessing.size"] == 32
 
 
+def test_cache_stage_compiles_the_teacher_once_for_both_caches(env, tmp_path, monkeypatch):
+  """With an agreement evaluator the stage caches training and held-out views: one
+  teacher program (same batch shape) serves both builds, so it is traced and compiled
+  once, not once per cache."""
+  config = _smoke_config(stages=("cache", "student", "eval"))
+  assert "agreement" in config_lib.eval_types(config)
+  from rrjax import objectives
+  traces = []
+  to_unit_range = objectives.to_unit_range  # The CLIP teacher's first step, run when traced.
+  monkeypatch.setattr(objectives, "to_unit_range",
+                      lambda images: traces.append(images.shape) or to_unit_range(images))
+  ctx = stages.Context(config=config, workdir=str(tmp_path), mesh=None)
+  summary = stages.cache.run(ctx)
+  ctx.close()
+  assert set(summary) == {"train", "eval"}
+  assert len(traces) == 1  # Every batch of both caches reuses the one compiled program.
+
+
 def _plug_in(config):
   config.teacher.kind, config.teacher.name = "python", ""
   config.teacher.factory = "support.plugin_teacher:make"
