@@ -28,6 +28,7 @@ import time
 
 import ml_collections
 
+import probe_solvers
 from rrjax import config as config_lib
 from rrjax import stages
 
@@ -41,37 +42,26 @@ def run_config(dtype: str, args, cache_path: str) -> ml_collections.ConfigDict:
   `args`; every run reads the one teacher cache at `cache_path`."""
   config = config_lib.load_config(os.path.join(REPO, f"configs/mask.py:p={args.p}"))
   with config.unlocked():
-    config.seed = args.seed
-    config.data.update(source="folder", root=os.path.abspath(args.root), name="realdata",
-                       wnids="", eval_split="val", num_workers=args.num_workers,
-                       image_size=args.image_size, resize_size=args.image_size * 256 // 224)
-    config.teacher.update(kind="python", name=os.path.abspath(args.tflite),
-                          factory="probe_solvers:tflite_teacher")
+    probe_solvers.on_real_photos(config, args)
+    config.data.update(image_size=args.image_size, resize_size=args.image_size * 256 // 224)
     config.cache.update(path=cache_path, num_views=args.epochs, batch_size=64)
     config.student.update(model="resnet18", init="random", dtype=dtype)
     config.optimizer.loss_scale = FLOAT16_LOSS_SCALE if dtype == "float16" else 0.0
     config.batch_size, config.num_epochs = args.batch_size, args.epochs
     config.probe.solver = args.solver
-    config.eval.repeats = args.repeats
     config.evals = config_lib.evals("classification")
   return config
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--root", required=True, help="image folder ROOT/{train,val}/<class>/")
-  parser.add_argument("--tflite", required=True, help="the teacher's .tflite file")
+  probe_solvers.add_real_photo_arguments(parser)
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
-  parser.add_argument("--p", type=float, default=0.9, help="mask operator's p")
   parser.add_argument("--image_size", type=int, default=64, help="the student's input px")
   parser.add_argument("--epochs", type=int, default=10, help="one cached view per epoch")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--solver", default="lbfgs", choices=config_lib.PROBE_SOLVERS,
                       help="the probe (lbfgs: converged, so the features alone differ)")
-  parser.add_argument("--repeats", type=int, default=3, help="test corruption draws")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_workers", type=int, default=2)
-  parser.add_argument("--keep", default="", help="keep the workdirs under this directory")
   args = parser.parse_args()
   root = args.keep or tempfile.mkdtemp(prefix="mixed_precision_")
   cache_path = os.path.join(root, "teacher_cache")

@@ -71,35 +71,47 @@ def tflite_teacher(cfg) -> TFLiteTeacher:
   return TFLiteTeacher(cfg.name, num_threads=os.cpu_count() or 1)
 
 
+def add_real_photo_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags of every benchmark on real photos: the folder, the teacher, the mask's p,
+  the test draws, the seed, the view-cutting workers and where to keep the workdirs."""
+  parser.add_argument("--root", required=True, help="image folder ROOT/{train,val}/<class>/")
+  parser.add_argument("--tflite", required=True, help="the teacher's .tflite file")
+  parser.add_argument("--p", type=float, default=0.9, help="mask operator's p")
+  parser.add_argument("--repeats", type=int, default=3, help="test corruption draws")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--num_workers", type=int, default=2)
+  parser.add_argument("--keep", default="", help="keep the workdirs under this directory")
+
+
+def on_real_photos(config: ml_collections.ConfigDict, args) -> None:
+  """Points the unlocked `config` at the folder and `.tflite` teacher of `args` (flags of
+  `add_real_photo_arguments`), with their seed and test draws."""
+  config.seed = args.seed
+  config.data.update(source="folder", root=os.path.abspath(args.root), name="realdata",
+                     wnids="", eval_split="val", num_workers=args.num_workers)
+  config.teacher.update(kind="python", name=os.path.abspath(args.tflite),
+                        factory="probe_solvers:tflite_teacher")
+  config.eval.repeats = args.repeats
+
+
 def probe_config(solver: str, learning_rate: float | None, args) -> ml_collections.ConfigDict:
   """The no_contrastive config on the folder and teacher of `args`; `learning_rate` is
   the Adam probe's (None for L-BFGS, which has none)."""
   config = config_lib.load_config(os.path.join(
       REPO, f"configs/no_contrastive.py:features=teacher,p={args.p}"))
   with config.unlocked():
-    config.seed = args.seed
-    config.data.update(source="folder", root=os.path.abspath(args.root), name="realdata",
-                       wnids="", eval_split="val", num_workers=args.num_workers)
-    config.teacher.update(kind="python", name=os.path.abspath(args.tflite),
-                          factory="probe_solvers:tflite_teacher")
+    on_real_photos(config, args)
     config.probe.solver = solver
     if learning_rate is not None:
       config.probe.learning_rate = learning_rate
-    config.eval.repeats = args.repeats
   return config
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--root", required=True, help="image folder ROOT/{train,val}/<class>/")
-  parser.add_argument("--tflite", required=True, help="the teacher's .tflite file")
-  parser.add_argument("--p", type=float, default=0.9, help="mask operator's p")
+  add_real_photo_arguments(parser)
   parser.add_argument("--adam_learning_rates", nargs="+", type=float, default=[1e-3, 1e-2],
                       help="one Adam probe per learning rate (the paper's is 1e-3)")
-  parser.add_argument("--repeats", type=int, default=3, help="test corruption draws")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_workers", type=int, default=2)
-  parser.add_argument("--keep", default="", help="keep the workdirs under this directory")
   args = parser.parse_args()
   root = args.keep or tempfile.mkdtemp(prefix="probe_solvers_")
   lines = ["| probe | test top-1 (%) | chosen l2 | held-out top-1 (%) | training features |",

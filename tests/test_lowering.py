@@ -14,7 +14,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from rrjax import evaluate, logistic_probe, objectives, operators, sharding, train
