@@ -24,7 +24,7 @@ import tempfile
 import ml_collections
 
 from rrjax import config as config_lib
-from rrjax import hub
+from rrjax import hub, models
 from rrjax.data import build_tfds, sources, workers
 
 # Bytes per cached embedding entry (float16 by default) times a CLIP-sized dim, when the
@@ -50,6 +50,8 @@ class Plan:
   num_workers: int  # View-cutting processes, resolved from num_workers_setting.
   num_workers_setting: int  # config.data.num_workers
   usable_cpus: int
+  student_dtype: str  # The student's compute dtype, "auto" resolved for these devices.
+  student_dtype_setting: str  # config.student.dtype
 
   def describe(self) -> str:
     cutters = (f"{self.num_workers} worker process{'es' if self.num_workers > 1 else ''}"
@@ -65,6 +67,8 @@ class Plan:
               "eval": "the evaluators of config.evals"}.get(stage, "")
       if stage in self.steps:
         work = f"{self.steps[stage]} training steps"
+      if stage == "student":
+        work += f" in {self.student_dtype} (student.dtype={self.student_dtype_setting})"
       lines.append(f"stage {stage}: {work}")
     return "\n".join(lines)
 
@@ -76,6 +80,7 @@ def _size(nbytes: int) -> str:
 def preflight(config, workdir: str, num_devices: int) -> Plan:
   try:
     config_lib.check_config(config, num_devices)
+    models.parse_dtype(config.student.dtype)  # Names student.dtype and its choices.
   except ValueError as e:
     raise PreflightError(str(e)) from e
   # Data and teacher problems are reported together: a newcomer gets every command that
@@ -117,7 +122,8 @@ def preflight(config, workdir: str, num_devices: int) -> Plan:
   return Plan(tuple(config.stages), num_devices, train_examples, eval_examples, num_classes,
               steps, cache_bytes, cache_path,
               workers.resolve_num_workers(config.data.num_workers), config.data.num_workers,
-              workers.usable_cpus())
+              workers.usable_cpus(), models.resolve_dtype(config.student.dtype),
+              config.student.dtype)
 
 
 def _check_data(data_cfg, split: str) -> tuple[int, int]:

@@ -276,6 +276,11 @@ def test_bad_config_fails_before_any_work_naming_the_field(env, changes, field):
     config_lib.check_config(_smoke_config(**changes), num_devices=8)
 
 
+def test_preflight_names_a_bad_compute_dtype(env, tmp_path):
+  with pytest.raises(preflight.PreflightError, match=r"student.dtype='float64'.*'auto'"):
+    preflight.preflight(_smoke_config(**{"student.dtype": "float64"}), str(tmp_path), 8)
+
+
 def test_cache_of_another_config_is_refused_before_training(env, tmp_path):
   config = _smoke_config(stages=("cache",))
   stages.run_stages(config, str(tmp_path))
@@ -301,7 +306,7 @@ def test_preflight_checks_data_before_the_teacher_and_dry_run_only_plans(env, tm
                         capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "data: 96 training and 96 evaluation images, 4 classes" in done.stdout
-  assert "stage student: 48 training steps" in done.stdout
+  assert "stage student: 48 training steps in float32 (student.dtype=auto)" in done.stdout
   assert "input: views cut by 2 worker processes (data.num_workers=2;" in done.stdout
   assert sorted(os.listdir(tmp_path / "plan")) == ["log.txt"]  # Nothing else was done.
 
