@@ -22,6 +22,7 @@ from rrjax.cache.build import TeacherForward
 from rrjax.evaluators import adversarial as adversarial_evaluator
 from rrjax.models import clip, resnet
 from rrjax.stages import probe as probe_stage
+from rrjax.teachers import tflite_mobilenet
 from rrjax.teachers.clip import CLIPTeacher
 
 ACCELERATORS = ("cuda", "tpu")
@@ -226,3 +227,19 @@ def test_lbfgs_probe_solver_lowers_for_accelerators(mesh):
       params, jax.ShapeDtypeStruct((rows, features), jnp.float32),
       jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((rows,), jnp.float32),
       scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32)), mesh)
+
+
+def test_mobilenet_plug_in_teacher_lowers_for_accelerators(mesh):
+  """The .tflite MobileNet v1 teacher's forward (rrjax.teachers.tflite_mobilenet, no file
+  needed for its shapes): every depthwise convolution is one convolution op on an
+  accelerator; on CPU they are shifted multiply-adds."""
+  module = tflite_mobilenet.MobileNetV1()
+  variables = jax.eval_shape(module.init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.uint8))
+  forward = jax.jit(module.apply, out_shardings=sharding.data_sharding(mesh))
+  args = (_abstract(variables, sharding.replicated(mesh)), _images(mesh, 224))
+  layers = 1 + 2 * len(tflite_mobilenet.MOBILENET_V1_BLOCKS)
+  for text in check_portable(forward, args, mesh).values():
+    assert convolutions(text) == layers
+  assert convolutions(lower(forward, args, mesh, "cpu")) == layers - len(
+      tflite_mobilenet.MOBILENET_V1_BLOCKS)
