@@ -221,5 +221,6 @@ def test_num_workers_below_minus_one_is_refused_naming_the_field():
 ])
 def test_the_plan_says_how_many_processes_cut_views(resolved, setting, expected):
   plan = preflight.Plan(("student",), 8, 96, 96, 4, {"student": 48}, 0, "/w/teacher_cache",
-                        resolved, setting, 8)
+                        resolved, setting, 8, "bfloat16", "auto")
   assert expected in plan.describe()
+  assert "stage student: 48 training steps in bfloat16 (student.dtype=auto)" in plan.describe()
